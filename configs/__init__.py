@@ -1,0 +1,1 @@
+"""faceveil.configs"""
