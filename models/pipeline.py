@@ -1,0 +1,171 @@
+"""Batched anonymize / recover with a backbone, an inversion scheme and a key transform.
+
+Anonymize: z0 = E(x); invert z0 to noise with the scheme; apply the key inside the
+latent face mask; sample back; decode; paste the original pixels back outside the
+mask. Recover runs the same steps backwards with the key's inverse, starting from
+the exact stored latents when the file carries them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from faceveil.errors import InputError, KeyMismatchError
+from faceveil.keys import SecretKey, new_nonce
+from faceveil.models.backbones import Backbone, latent_mask
+from faceveil.models.inversion import EpsFn, Scheme, make_scheme
+from faceveil.models.key_transforms import apply_key, get_transform
+from faceveil.models.schedule import Schedule
+
+
+@dataclass
+class Settings:
+    """The public, non-secret settings recovery must repeat."""
+
+    scheme: str = "exact"
+    steps: int = 50
+    transform: str = "shuffle"
+
+
+@dataclass
+class Veiled:
+    """One anonymized image and what its recovery needs (all public)."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool, pixel face mask
+    nonce: bytes
+    settings: Settings
+    key_fingerprint: str
+    backbone: str
+    adapter_hash: str | None = None
+    state: torch.Tensor | None = None  # (S, C, h, w) clean-end scheme state; None when stripped
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Recovered:
+    image: np.ndarray  # (H, W, 3) uint8
+    latent: torch.Tensor  # (C, h, w) recovered clean latent
+
+
+def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    arr = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), rounded."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+class Anonymizer:
+    """Anonymize and recover batches of same-sized images with one backbone."""
+
+    def __init__(self, backbone: Backbone, settings: Settings | None = None, progress: bool = False) -> None:
+        self.backbone = backbone
+        self.settings = settings or Settings()
+        self.progress = progress
+        self.transform = get_transform(self.settings.transform)
+        self.scheme: Scheme = make_scheme(
+            self.settings.scheme, Schedule.from_scheduler(backbone.scheduler, self.settings.steps), progress=progress
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _check_sizes(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+        if len(images) != len(masks):
+            raise ValueError("one mask per image")
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise InputError("a batch needs images of one size")
+        h, w, c = next(iter(shapes))
+        m = self.backbone.size_multiple
+        if c != 3 or h % m or w % m:
+            raise InputError(f"image is {w}x{h}; {self.backbone.name} needs RGB sides that are multiples of {m}")
+        for mask in masks:
+            if mask.shape != (h, w):
+                raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
+
+    def _prepare(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]):
+        self._check_sizes(images, masks)
+        bb = self.backbone
+        x = to_tensor(images).to(bb.device)
+        mask_px = torch.from_numpy(np.stack(list(masks))[:, None].astype(np.float32)).to(bb.device)
+        cond = bb.conditioning(x, mask_px)
+        eps: EpsFn = lambda z, t: bb.eps(z, t, cond)  # noqa: E731
+        return x, mask_px, latent_mask(mask_px, bb.vae_factor) > 0, eps
+
+    def _finish(self, state: torch.Tensor, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+        decoded = to_uint8(self.backbone.decode(self.scheme.endpoint(state)))
+        sel = np.stack(list(masks))[..., None]
+        return np.where(sel, decoded, np.stack(list(images)))
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def anonymize(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        key: SecretKey,
+        nonces: Sequence[bytes] | None = None,
+    ) -> list[Veiled]:
+        """Anonymize same-sized uint8 RGB images inside their boolean face masks."""
+        nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
+        x, _, mask_lat, eps = self._prepare(images, masks)
+        z0 = self.backbone.encode(x)
+        noise = self.scheme.invert(self.scheme.lift(z0, eps), eps)
+        keyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces), eps)
+        out = self.scheme.sample(keyed, eps)
+        anon = self._finish(out, images, masks)
+        bb = self.backbone
+        return [
+            Veiled(
+                image=anon[i],
+                mask=np.asarray(masks[i], dtype=bool),
+                nonce=nonces[i],
+                settings=self.settings,
+                key_fingerprint=key.fingerprint,
+                backbone=bb.spec,
+                adapter_hash=bb.adapter_hash,
+                state=out[i].cpu(),
+            )
+            for i in range(len(images))
+        ]
+
+    @torch.no_grad()
+    def recover(self, veiled: Sequence[Veiled], key: SecretKey, force: bool = False) -> list[Recovered]:
+        """Recover originals. A key whose fingerprint differs is refused unless ``force``."""
+        if not force:
+            for v in veiled:
+                if v.key_fingerprint != key.fingerprint:
+                    raise KeyMismatchError(
+                        f"the key (fingerprint {key.fingerprint}) is not the one this image was anonymized with "
+                        f"(fingerprint {v.key_fingerprint}); use --force to try anyway"
+                    )
+        images = [v.image for v in veiled]
+        masks = [v.mask for v in veiled]
+        _, _, mask_lat, eps = self._prepare(images, masks)
+        if all(v.state is not None for v in veiled):
+            state = torch.stack([v.state for v in veiled]).to(self.backbone.device, self.scheme.state_dtype)
+        elif any(v.state is not None for v in veiled):
+            raise ValueError("mix of stripped and intact files in one batch")
+        else:
+            state = self.scheme.lift(self.backbone.encode(to_tensor(images).to(self.backbone.device)), eps)
+        nonces = [v.nonce for v in veiled]
+        noise = self.scheme.invert(state, eps)
+        unkeyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces, inverse=True), eps)
+        out = self.scheme.sample(unkeyed, eps)
+        rec = self._finish(out, images, masks)
+        latents = self.scheme.endpoint(out).cpu()
+        return [Recovered(image=rec[i], latent=latents[i]) for i in range(len(veiled))]
