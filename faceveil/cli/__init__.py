@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "inspect",
     "roundtrip",
     "demo",
+    "prepare",
 )
 
 

@@ -1,0 +1,118 @@
+"""faceveil anonymize INPUT... -o OUTDIR --key KEYFILE [--mask MASK_OR_DIR] ..."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from faceveil.cli.common import (
+    Report,
+    add_model_args,
+    add_scheme_args,
+    batches_by,
+    expand_inputs,
+    output_path,
+    progress,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    same_file,
+)
+
+MASK_SUFFIXES = ("", "_mask", ".mask")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("anonymize", help="replace faces with keyed synthetic faces; writes self-describing PNGs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("--key", required=True, type=Path, help="key file from 'faceveil keygen'")
+    p.add_argument(
+        "--mask",
+        type=Path,
+        help="face mask image (white = face) or a folder of masks named like the inputs "
+        "(NAME.png, NAME_mask.png); default: an ellipse for aligned crops",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never overwritten)")
+    add_scheme_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Item:
+    src: Path
+    dst: Path
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def find_mask(src: Path, mask_arg: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    from faceveil.data.images import elliptical_mask, load_mask
+    from faceveil.errors import InputError
+
+    if mask_arg is None:
+        return elliptical_mask(*shape)
+    if mask_arg.is_dir():
+        for suffix in MASK_SUFFIXES:
+            for ext in (".png", ".jpg", ".bmp"):
+                cand = mask_arg / f"{src.stem}{suffix}{ext}"
+                if cand.is_file():
+                    return load_mask(cand, shape)
+        raise InputError(f"{src}: no mask named {src.stem}.png or {src.stem}_mask.png in {mask_arg}")
+    return load_mask(mask_arg, shape)
+
+
+def run(args: argparse.Namespace) -> int:
+    from faceveil.data.images import load_image
+    from faceveil.errors import FaceveilError
+    from faceveil.fileformat import write_veiled
+    from faceveil.keys import load_key
+    from faceveil.models.backbones import load_backbone
+    from faceveil.models.pipeline import Anonymizer, Settings
+
+    quiet_libraries()
+    report = Report("anonymize")
+    key = load_key(args.key)
+    if args.mask is not None and not args.mask.exists():
+        report.fail(args.mask, "no such mask file or folder")
+        return 2
+    items: list[Item] = []
+    for src, root in expand_inputs(args.inputs):
+        dst = output_path(src, root, args.output)
+        try:
+            if same_file(src, dst):
+                raise FaceveilError("output would overwrite the input; choose another -o")
+            if dst.exists() and not args.overwrite:
+                report.note(f"{dst}: exists, skipped (use --overwrite)")
+                report.skipped += 1
+                continue
+            image = load_image(src)
+            items.append(Item(src, dst, image, find_mask(src, args.mask, image.shape[:2])))
+        except FaceveilError as exc:
+            report.fail(src, exc)
+    if items:
+        device = resolve_device(args.device)
+        backbone = load_backbone(args.backbone, device=device, dtype=resolve_dtype(args.dtype, device))
+        anonymizer = Anonymizer(backbone, Settings(args.scheme, args.steps, args.transform))
+        bar = progress(len(items), "anonymize")
+        for batch in batches_by(items, lambda it: it.image.shape, args.batch_size):
+            try:
+                veiled = anonymizer.anonymize([it.image for it in batch], [it.mask for it in batch], key)
+            except (FaceveilError, ValueError, RuntimeError) as exc:
+                for it in batch:
+                    report.fail(it.src, exc)
+                bar.update(len(batch))
+                continue
+            for it, v in zip(batch, veiled):
+                try:
+                    write_veiled(it.dst, v, key)
+                    report.ok += 1
+                except (FaceveilError, OSError) as exc:
+                    report.fail(it.src, exc)
+                bar.update(1)
+        bar.close()
+    return report.finish("anonymized", args.output)
