@@ -4,10 +4,11 @@ Chunks (private, ancillary, so viewers ignore them and keep the image):
 - ``fvHd``: UTF-8 JSON header: format, version, backbone and adapter hash,
   scheme, steps, key transform, nonce, key fingerprint, shapes, the payload's
   SHA-256 and an HMAC tag under the key over all of it;
-- ``fvDt``: zlib-compressed safetensors with ``mask`` (H, W) uint8 and ``state``
-  (the exact clean-end latents: int32 lattice counts for ``exact``, float32 otherwise).
+- ``fvDt``: zlib-compressed safetensors with ``mask`` (H, W) uint8, ``state``
+  (the exact clean-end latents: int32 lattice counts for ``exact``, float32 otherwise)
+  and ``residual_sealed`` (the autoencoder residual, encrypted under the key).
 
-Nothing in either chunk is secret.
+Nothing in either chunk is secret; the residual is ciphertext.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def encode_veiled(v: Veiled, key: SecretKey) -> tuple[dict[str, Any], bytes]:
     if v.state is not None:
         arrays["state"], header["state_encoding"] = _encode_state(v.state, v.settings.scheme)
         header["state_shape"] = list(v.state.shape)
+    header["sealed_residual"] = v.sealed_residual is not None
+    if v.sealed_residual is not None:
+        arrays["residual_sealed"] = np.frombuffer(v.sealed_residual, dtype=np.uint8)
     payload = zlib.compress(st_save(arrays), 9)
     header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     header["mac"] = key.mac(_canonical(header))
@@ -147,7 +151,12 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def veiled_from_header(header: dict[str, Any], image: np.ndarray, mask: np.ndarray, state: torch.Tensor | None) -> Veiled:
-    settings = Settings(scheme=header["scheme"], steps=int(header["steps"]), transform=header["transform"])
+    settings = Settings(
+        scheme=header["scheme"],
+        steps=int(header["steps"]),
+        transform=header["transform"],
+        residual=bool(header.get("sealed_residual", False)),
+    )
     return Veiled(
         image=image,
         mask=mask,
@@ -188,4 +197,7 @@ def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, veri
     if mask.shape != image.shape[:2]:
         raise FormatError(f"{path}: stored mask does not match the image size")
     state = _decode_state(arrays["state"], header["state_encoding"]) if "state" in arrays else None
-    return veiled_from_header(header, image, mask, state)
+    v = veiled_from_header(header, image, mask, state)
+    if "residual_sealed" in arrays:
+        v.sealed_residual = arrays["residual_sealed"].tobytes()
+    return v

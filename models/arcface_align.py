@@ -71,8 +71,8 @@ def check_landmarks(landmarks: torch.Tensor, batch: int | None = None, check_ord
     if not torch.isfinite(landmarks).all():
         raise InputError("landmarks contain NaN or inf")
     if check_order:
-        # Swapped eyes (x_left > x_right) is the usual sign of dlib's or a mirrored order; a similarity
-        # cannot mirror, so the crop would come out upside down.
+        # Swapped eyes (x_left > x_right) is the usual sign of a mirrored or subject-relative order; a
+        # similarity cannot mirror, so the fit would be wrong rather than merely flipped.
         bad = (landmarks[:, 0, 0] > landmarks[:, 1, 0]).nonzero().flatten()
         if len(bad):
             raise InputError(
@@ -122,7 +122,9 @@ def warp_to_crop(images: torch.Tensor, matrix: torch.Tensor, size: int = ARCFACE
 
 def _shrink_for_warp(images: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Output pixels per input pixel; shrink by the largest one in the batch so no face gets up-sampled.
-    scale = float(torch.linalg.det(m[:, :, :2].detach()).abs().sqrt().max())
+    lin = m[:, :, :2].detach().float()
+    det = lin[:, 0, 0] * lin[:, 1, 1] - lin[:, 0, 1] * lin[:, 1, 0]  # by hand: linalg.det has no half kernels
+    scale = float(det.abs().sqrt().max())
     if scale >= 1.0:
         return images, m
     h, w = images.shape[-2:]
@@ -163,5 +165,7 @@ def fixed_crop_matrix(preset: str, height: int, width: int, size: int = ARCFACE_
 def fixed_crop(images: torch.Tensor, preset: str = "ffhq", size: int = ARCFACE_SIZE, antialias: bool = True) -> torch.Tensor:
     """ArcFace crops of pre-aligned faces (``ffhq``, ``celebahq`` or ``arcface112``) without landmarks."""
     h, w = images.shape[-2:]
+    if preset == "arcface112" and h == w == size:
+        return images  # already the crop; skip a resampling that would only add rounding
     m = fixed_crop_matrix(preset, h, w, size).to(device=images.device, dtype=images.dtype)
     return warp_to_crop(images, m.expand(images.shape[0], 2, 3), size, antialias)

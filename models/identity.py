@@ -52,7 +52,7 @@ class IdentityEncoder(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        convention: InputConvention = InputConvention(),
+        convention: InputConvention | None = None,
         crop: str = "arcface112",
         antialias: bool = True,
         name: str = "arcface",
@@ -61,7 +61,7 @@ class IdentityEncoder(nn.Module):
         if crop not in CROP_TEMPLATES:
             raise ConfigError(f"unknown crop preset {crop!r}; known: {', '.join(CROP_TEMPLATES)}")
         self.backbone = backbone
-        self.convention = convention
+        self.convention = convention or InputConvention()
         self.crop = crop
         self.antialias = antialias
         self.name = name
@@ -87,17 +87,20 @@ class IdentityEncoder(nn.Module):
             raise InputError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise InputError(f"images must be float in [-1, 1], got {images.dtype} (convert uint8 with x / 127.5 - 1)")
-        x = images.to(device=self.device, dtype=self.dtype)
+        # Align in float32 or wider: landmarks in half precision are 0.5 px coarse at 1024 px, and the
+        # anti-aliased resize has no half-precision CPU kernel. The network then runs in its own dtype.
+        work = torch.promote_types(self.dtype, torch.float32)
+        x = images.to(device=self.device, dtype=work)
         size = self.convention.size
         if landmarks is not None:
-            x = align_faces(x, landmarks.to(device=x.device, dtype=x.dtype), size, self.antialias)
+            x = align_faces(x, landmarks.to(device=x.device, dtype=work), size, self.antialias)
         else:
             x = fixed_crop(x, crop or self.crop, size, self.antialias)
         # [-1, 1] -> pixels -> the network's scaling; the identity map for the usual mean = std = 127.5.
         mean, std = self.convention.mean, self.convention.std
-        if mean == 127.5 and std == 127.5:
-            return x
-        return ((x + 1.0) * 127.5 - mean) / std
+        if mean != 127.5 or std != 127.5:
+            x = ((x + 1.0) * 127.5 - mean) / std
+        return x.to(self.dtype)
 
     def embed(
         self,

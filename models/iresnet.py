@@ -82,7 +82,7 @@ class IResNet(nn.Module):
         self.prelu = nn.PReLU(widths[0])
         inplanes = widths[0]
         stages = []
-        for planes, blocks in zip(widths, config.layers):
+        for planes, blocks in zip(widths, config.layers, strict=True):
             stages.append(self._make_layer(inplanes, planes, blocks))
             inplanes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

@@ -20,6 +20,7 @@ from faceveil.keys import SecretKey, new_nonce
 from faceveil.models.backbones import Backbone, latent_mask
 from faceveil.models.inversion import EpsFn, Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
+from faceveil.models.residual import add_residual, open_residual, seal_residual
 from faceveil.models.schedule import Schedule
 
 
@@ -30,6 +31,7 @@ class Settings:
     scheme: str = "exact"
     steps: int = 50
     transform: str = "shuffle"
+    residual: bool = True  # seal the autoencoder's residual in the file, for pixel-exact recovery
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Veiled:
     backbone: str
     adapter_hash: str | None = None
     state: torch.Tensor | None = None  # (S, C, h, w) clean-end scheme state; None when stripped
+    sealed_residual: bytes | None = None  # encrypted pixel residual (see faceveil.models.residual)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -106,10 +109,12 @@ class Anonymizer:
         eps: EpsFn = lambda z, t: bb.eps(z, t, cond)  # noqa: E731
         return x, mask_px, latent_mask(mask_px, bb.vae_factor) > 0, eps
 
-    def _finish(self, state: torch.Tensor, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
-        decoded = to_uint8(self.backbone.decode(self.scheme.endpoint(state)))
-        sel = np.stack(list(masks))[..., None]
-        return np.where(sel, decoded, np.stack(list(images)))
+    def _decode(self, state: torch.Tensor) -> np.ndarray:
+        return to_uint8(self.backbone.decode(self.scheme.endpoint(state)))
+
+    @staticmethod
+    def _paste(decoded: np.ndarray, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+        return np.where(np.stack(list(masks))[..., None], decoded, np.stack(list(images)))
 
     # ------------------------------------------------------------------ API
     @torch.no_grad()
@@ -123,11 +128,15 @@ class Anonymizer:
         """Anonymize same-sized uint8 RGB images inside their boolean face masks."""
         nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
         x, _, mask_lat, eps = self._prepare(images, masks)
-        z0 = self.backbone.encode(x)
-        noise = self.scheme.invert(self.scheme.lift(z0, eps), eps)
+        clean = self.scheme.lift(self.backbone.encode(x), eps)
+        sealed: list[bytes | None] = [None] * len(images)
+        if self.settings.residual:
+            ref = self._decode(clean)
+            sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
+        noise = self.scheme.invert(clean, eps)
         keyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces), eps)
         out = self.scheme.sample(keyed, eps)
-        anon = self._finish(out, images, masks)
+        anon = self._paste(self._decode(out), images, masks)
         bb = self.backbone
         return [
             Veiled(
@@ -139,6 +148,7 @@ class Anonymizer:
                 backbone=bb.spec,
                 adapter_hash=bb.adapter_hash,
                 state=out[i].cpu(),
+                sealed_residual=sealed[i],
             )
             for i in range(len(images))
         ]
@@ -166,6 +176,11 @@ class Anonymizer:
         noise = self.scheme.invert(state, eps)
         unkeyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces, inverse=True), eps)
         out = self.scheme.sample(unkeyed, eps)
-        rec = self._finish(out, images, masks)
+        decoded = self._decode(out)
+        for i, v in enumerate(veiled):
+            residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
+            if residual is not None:
+                decoded[i] = add_residual(decoded[i], residual, v.mask)
+        rec = self._paste(decoded, images, masks)
         latents = self.scheme.endpoint(out).cpu()
         return [Recovered(image=rec[i], latent=latents[i]) for i in range(len(veiled))]

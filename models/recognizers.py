@@ -25,7 +25,7 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,8 +35,8 @@ from faceveil.errors import ConfigError, InputError
 from faceveil.models.arcface_weights import check_state_dict, read_state_dict
 from faceveil.models.identity import IdentityEncoder
 
-Images = Union[np.ndarray, Sequence[np.ndarray], torch.Tensor]
-Boxes = Union[np.ndarray, Sequence[Union[Sequence[float], None]], None]
+Images = np.ndarray | Sequence[np.ndarray] | torch.Tensor
+Boxes = np.ndarray | Sequence[Sequence[float] | None] | None
 Metric = Literal["cosine", "euclidean"]
 Missing = Literal["raise", "nan"]
 
@@ -150,7 +150,7 @@ class DlibRecognizer(_Base):
 
         imgs = to_uint8_list(images)
         out = np.full((len(imgs), 128), np.nan, dtype=np.float32)
-        for i, (img, box) in enumerate(zip(imgs, _boxes_for(boxes, len(imgs)))):
+        for i, (img, box) in enumerate(zip(imgs, _boxes_for(boxes, len(imgs)), strict=True)):
             if box is None:
                 found = self.detect(img)
                 if not len(found):
@@ -163,9 +163,18 @@ class DlibRecognizer(_Base):
         return torch.from_numpy(out)
 
 
+def _facenet_pytorch() -> Any:
+    try:
+        import facenet_pytorch
+    except ImportError:
+        # Its metadata pins an old torch, hence --no-deps; the models themselves run on current torch.
+        raise InputError("MTCNN and facenet need the 'facenet-pytorch' package (pip install --no-deps facenet-pytorch)") from None
+    return facenet_pytorch
+
+
 @functools.lru_cache(maxsize=4)
-def _mtcnn(device: str, image_size: int = 160) -> object:
-    from facenet_pytorch import MTCNN
+def _mtcnn(device: str, image_size: int = 160) -> Any:
+    MTCNN = _facenet_pytorch().MTCNN
 
     # select_largest: with several faces, the evaluation means the main one.
     return MTCNN(image_size=image_size, margin=0, post_process=True, select_largest=True, device=device)
@@ -200,8 +209,7 @@ class FacenetRecognizer(_Base):
     metric: Metric = "cosine"
 
     def __init__(self, weights: str | os.PathLike[str] = "vggface2", device: str = "cpu", missing: Missing = "raise") -> None:
-        from facenet_pytorch import InceptionResnetV1
-
+        InceptionResnetV1 = _facenet_pytorch().InceptionResnetV1
         path = facenet_weights_path(weights)
         if not path.is_file():
             raise InputError(
@@ -222,8 +230,8 @@ class FacenetRecognizer(_Base):
         mtcnn = _mtcnn(self.device)
         imgs = to_uint8_list(images)
         crops: list[torch.Tensor | None] = []
-        for i, (img, box) in enumerate(zip(imgs, _boxes_for(boxes, len(imgs)))):
-            crop = mtcnn(img) if box is None else mtcnn.extract(img, box[None], None)  # type: ignore[operator,attr-defined]
+        for i, (img, box) in enumerate(zip(imgs, _boxes_for(boxes, len(imgs)), strict=True)):
+            crop = mtcnn(img) if box is None else mtcnn.extract(img, box[None], None)
             if crop is None:
                 _fail(self.missing, f"image {i}: MTCNN found no face")
             crops.append(crop)
@@ -246,45 +254,49 @@ class ArcFaceRecognizer(_Base):
         self.detect = detect
         self.missing = missing
         self.name = encoder.name
+        self._embedding_dim: int | None = None
 
     def embed(self, images: Images, boxes: Boxes = None, landmarks: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         imgs = to_uint8_list(images)
+        # Per image: (5, 2) landmarks, None for the fixed crop, or False where no face was found.
+        per_image: list[np.ndarray | None | bool]
         if landmarks is not None:
             lms = np.asarray(landmarks, dtype=np.float64)
             if lms.shape != (len(imgs), 5, 2):
                 raise InputError(f"landmarks must be ({len(imgs)}, 5, 2), got {lms.shape}")
-            per_image: list[np.ndarray | None] = list(lms)
+            per_image = list(lms)
         elif self.detect:
-            per_image = [self._detect_one(i, img, box) for i, (img, box) in enumerate(zip(imgs, _boxes_for(boxes, len(imgs))))]
+            per_image = [self._detect_one(i, img, box) for i, (img, box) in enumerate(zip(imgs, _boxes_for(boxes, len(imgs)), strict=True))]
         elif boxes is not None:
             raise ConfigError("ArcFaceRecognizer aligns with landmarks, not boxes: pass landmarks= or use detect=True")
-        use_fixed_crop = landmarks is None and not self.detect
-        rows: dict[int, torch.Tensor] = {}
+        else:
+            per_image = [None] * len(imgs)
+        out = torch.full((len(imgs), self._dim()), float("nan"))
         with torch.no_grad():
-            for i, img in enumerate(imgs):
-                lm = None if use_fixed_crop else per_image[i]
-                if lm is None and not use_fixed_crop:
+            for i, (img, lm) in enumerate(zip(imgs, per_image, strict=True)):
+                if lm is False:
                     continue  # no face found (missing="nan")
-                x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-                rows[i] = self.encoder.embed(x, None if lm is None else torch.from_numpy(lm)[None])[0].float().cpu()
-        dim = next(iter(rows.values())).shape[0] if rows else 0
-        out = torch.full((len(imgs), dim), float("nan"))
-        for i, row in rows.items():
-            out[i] = row
+                x = torch.tensor(img).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # copies: arrays may be read-only
+                lm_t = None if lm is None else torch.from_numpy(lm)[None]  # type: ignore[arg-type]
+                out[i] = self.encoder.embed(x, lm_t)[0].float().cpu()
         return out
 
-    def _detect_one(self, i: int, img: np.ndarray, box: np.ndarray | None) -> np.ndarray | None:
+    def _dim(self) -> int:
+        # The embedding size, so rows of faces not found are NaN of the right width.
+        if self._embedding_dim is None:
+            with torch.no_grad():
+                self._embedding_dim = int(self.encoder.embed(torch.zeros(1, 3, 112, 112)).shape[-1])
+        return self._embedding_dim
+
+    def _detect_one(self, i: int, img: np.ndarray, box: np.ndarray | None) -> np.ndarray | bool:
         found, points = mtcnn_detect(img)
         if box is not None and len(found):
-            # The detection that overlaps the hinted box most.
-            found_iou = _iou(found, box)
-            points = points[np.argsort(found_iou)[::-1]]
-            found = found[np.argsort(found_iou)[::-1]]
-            if found_iou.max() <= 0:
-                found = found[:0]
+            overlap = _iou(found, box)
+            # The detection that overlaps the hinted box most, if any does.
+            found, points = (found[[overlap.argmax()]], points[[overlap.argmax()]]) if overlap.max() > 0 else (found[:0], points[:0])
         if not len(found):
             _fail(self.missing, f"image {i}: MTCNN found no face for the ArcFace crop")
-            return None
+            return False
         return points[0]
 
 

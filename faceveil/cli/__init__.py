@@ -25,6 +25,8 @@ SUBCOMMANDS: tuple[str, ...] = (
     "roundtrip",
     "demo",
     "prepare",
+    "train",
+    "export",
 )
 
 
