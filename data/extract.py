@@ -17,17 +17,14 @@ left to right, so it is stable whatever the policy.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceveil.data.align import ffhq_matrix, outside_fraction, transform_points, warp_face, warp_mask
 from faceveil.data.backends import DetectorSpec, MaskSpec, make_detector, make_parsing_maps
 from faceveil.data.faces import Face
-from faceveil.data.images import to_rgb_array
 from faceveil.data.masks import landmark_mask
 from faceveil.errors import FaceveilError, InputError
 
@@ -72,18 +69,6 @@ class AlignedFace:
     mask: np.ndarray  # (S, S) bool
     face_index: int
     meta: dict[str, Any]
-
-
-def read_photo(path: str | os.PathLike[str]) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB array, turned upright by its EXIF orientation."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb_array(ImageOps.exif_transpose(img), str(path))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
 def _round(a: np.ndarray, digits: int = 3) -> list:

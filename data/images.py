@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceveil.errors import InputError
 
@@ -36,16 +36,16 @@ def to_rgb_array(img: Image.Image, name: str = "image") -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Load an image file as an ``(H, W, 3)`` uint8 RGB array."""
+    """Load an image file as an ``(H, W, 3)`` uint8 RGB array, turned upright by its EXIF orientation."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb_array(img, str(path))
+            return to_rgb_array(ImageOps.exif_transpose(img), str(path))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
 def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faceveil.data.extract import ExtractConfig, FaceExtractor, Reject, read_photo
+from faceveil.data.extract import ExtractConfig, FaceExtractor, Reject
+from faceveil.data.images import load_image
 from faceveil.data.inputs import Photo, collect_photos
 from faceveil.data.shards import (
     FORMAT_NAME,
@@ -110,7 +111,7 @@ def process_photo(photo: Photo, extractor: FaceExtractor | None = None) -> Photo
     assert extractor is not None, "worker not initialised"
     start = time.perf_counter()
     try:
-        image = read_photo(photo.path)
+        image = load_image(photo.path)
         faces, rejects, found = extractor.extract(image, photo.path)
         samples = []
         for face in faces:

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from faceveil.data.backends import DetectorSpec
-from faceveil.data.extract import AlignedFace, ExtractConfig, FaceExtractor, read_photo
+from faceveil.data.extract import AlignedFace, ExtractConfig, FaceExtractor
+from faceveil.data.images import load_image
 from faceveil.data.samples import sample_photo_path
 from faceveil.data.shards import FORMAT_NAME, FORMAT_VERSION, INDEX_NAME, REJECTS_NAME, SHARD_NAME, encode_sample, read_index, write_json, write_rejects, write_tar
 from faceveil.errors import InputError
@@ -96,7 +97,7 @@ def build_sample_shards(
     faces_found = 0
     for source_index, (name, fixed_label) in enumerate(SAMPLE_SET_PHOTOS.items()):
         path = sample_photo_path(name)
-        photo = read_photo(path)
+        photo = load_image(path)
         originals, orig_rejects, found = extractor.extract(photo, str(path))
         faces_found += found
         rejects += [[r.source, r.face, r.kind, r.reason] for r in orig_rejects]

@@ -33,7 +33,8 @@ from faceveil.data.images import atomic_write, to_rgb_array
 from faceveil.errors import FormatError, InputError
 from faceveil.keys import SecretKey
 from faceveil.models.inversion import LATTICE
-from faceveil.models.pipeline import Settings, Veiled
+from faceveil.models.pipeline import Veiled
+from faceveil.models.settings import Settings
 
 FORMAT = "faceveil"
 VERSION = 1

@@ -15,6 +15,7 @@ with random weights, for benchmarks.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -109,16 +110,17 @@ class Backbone:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> scaled latents (deterministic: the posterior mode)."""
-        x = images.to(device=self.device, dtype=self.vae.dtype)
+        # Kernels pick algorithms by memory layout; one layout keeps results bit-reproducible.
+        x = images.to(device=self.device, dtype=self.vae.dtype).contiguous()
         if isinstance(self.vae, VQModel):
             z = self.vae.encode(x).latents
         else:
             z = self.vae.encode(x).latent_dist.mode()
-        return z * self.scaling_factor
+        return (z * self.scaling_factor).contiguous()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1] (unclamped)."""
-        z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
+        z = (latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor).contiguous()
         return self.vae.decode(z).sample
 
     def conditioning(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,6 +134,8 @@ class Backbone:
             return {}
         mask = mask.to(device=self.device, dtype=self.vae.dtype)
         masked = images.to(device=self.device, dtype=self.vae.dtype) * (1 - mask)
+        from faceveil.data.masks import latent_mask
+
         return {"mask": latent_mask(mask, self.vae_factor).to(self.dtype), "masked_latents": self.encode(masked)}
 
     def eps(self, z: torch.Tensor, t: int, cond: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -139,6 +143,7 @@ class Backbone:
         x = z.to(self.dtype)
         if self.inpainting:
             x = torch.cat([x, cond["mask"].to(self.dtype), cond["masked_latents"].to(self.dtype)], dim=1)
+        x = x.contiguous()
         tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
         if isinstance(self.unet, UNet2DConditionModel):
             emb = self.prompt_embeds
@@ -152,11 +157,6 @@ class Backbone:
             a = float(self.scheduler.alphas_cumprod[t])
             out = a**0.5 * out + (1 - a) ** 0.5 * z
         return out
-
-
-def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
-    """Pixel mask (B, 1, H, W) -> latent mask (B, 1, H/f, W/f): a latent is in if any of its pixels is."""
-    return (torch.nn.functional.max_pool2d(mask.float(), factor) > 0).to(mask.dtype)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -350,9 +350,8 @@ def load_backbone(spec: str, device: torch.device | str | None = None, dtype: to
     """Load a backbone from a spec string (see the module docstring) onto ``device``/``dtype``."""
     path = Path(spec)
     if (path / EXPORT_MANIFEST).is_file():
-        global _export_loader
         if _export_loader is None:
-            import faceveil.train.export  # noqa: F401 - registers the export loader
+            importlib.import_module("faceveil.train.export")  # registers the export loader
 
         assert _export_loader is not None
         backbone = _export_loader(path)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from faceveil.models.schedule import Schedule
+from faceveil.models.settings import SCHEMES
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 """eps(z, t): the noise prediction for latents z (B, C, h, w) at timestep t, in z's dtype."""
@@ -176,7 +177,6 @@ class BDIAScheme(Scheme):
         return torch.stack([new_n, self._first_move(new_n, eps) + fn(residual)], dim=1)
 
 
-SCHEMES: tuple[str, ...] = ("ddim", "fixed-point", "exact")
 
 
 def make_scheme(name: str, schedule: Schedule, progress: bool = False, fixed_point_iterations: int = 5) -> Scheme:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from faceveil.keys import SecretKey, keystream
+from faceveil.models.settings import TRANSFORMS as TRANSFORM_NAMES
 
 
 class KeyTransform(Protocol):
@@ -69,6 +70,7 @@ class Shuffle:
 
 
 TRANSFORMS: dict[str, type[KeyTransform]] = {"signflip": SignFlip, "shuffle": Shuffle}
+assert tuple(sorted(TRANSFORMS)) == tuple(sorted(TRANSFORM_NAMES))
 
 
 def get_transform(name: str) -> KeyTransform:

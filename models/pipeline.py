@@ -17,21 +17,13 @@ import torch
 
 from faceveil.errors import InputError, KeyMismatchError
 from faceveil.keys import SecretKey, new_nonce
-from faceveil.models.backbones import Backbone, latent_mask
+from faceveil.data.masks import latent_mask
+from faceveil.models.backbones import Backbone
 from faceveil.models.inversion import EpsFn, Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.residual import add_residual, open_residual, seal_residual
 from faceveil.models.schedule import Schedule
-
-
-@dataclass
-class Settings:
-    """The public, non-secret settings recovery must repeat."""
-
-    scheme: str = "exact"
-    steps: int = 50
-    transform: str = "shuffle"
-    residual: bool = True  # seal the autoencoder's residual in the file, for pixel-exact recovery
+from faceveil.models.settings import Settings
 
 
 @dataclass

@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "roundtrip",
     "demo",
     "prepare",
+    "evaluate",
     "train",
     "export",
 )

@@ -26,8 +26,7 @@ def add_model_args(p: argparse.ArgumentParser, backbone_default: str | None = DE
 
 
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
-    from faceveil.models.inversion import SCHEMES
-    from faceveil.models.key_transforms import TRANSFORMS
+    from faceveil.models.settings import SCHEMES, TRANSFORMS
 
     g = p.add_argument_group("inversion")
     g.add_argument("--scheme", default="exact", choices=SCHEMES, help="inversion scheme (default: exact)")

@@ -1,0 +1,23 @@
+"""faceveil evaluate --config configs/eval/NAME.yaml [KEY=VALUE ...]: the evaluation protocol."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure anonymization, recovery, security and utility against baselines (metrics.json, report.md, figures)",
+        description="Run an evaluation config; same as 'python -m faceveil.evaluate.run'. "
+        "Outputs go to the config's run folder (output=...); a re-run resumes from its per-image cache.",
+    )
+    p.add_argument("--config", required=True, help="evaluation config, e.g. configs/eval/tiny.yaml (packaged names work from anywhere)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. output=runs/x data.limit=4 model.steps=20")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from faceveil.evaluate.run import run_from_args
+
+    return run_from_args(args.config, args.overrides)

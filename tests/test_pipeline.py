@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from faceveil.errors import FormatError, KeyMismatchError
+from faceveil.fileformat import HEADER_CHUNK, read_chunks, read_header, read_veiled, write_veiled
+from faceveil.keys import SecretKey
+from faceveil.models.pipeline import Anonymizer, Settings, psnr, to_tensor
+
+STEPS = 10
+
+
+def _z0(backbone, image):
+    with torch.no_grad():
+        return backbone.encode(to_tensor([image]))[0].double()
+
+
+@pytest.fixture(scope="module")
+def exact_run(tiny_backbone, face128, mask128, tmp_path_factory):
+    key = SecretKey.generate()
+    anonymizer = Anonymizer(tiny_backbone, Settings("exact", STEPS))
+    veiled = anonymizer.anonymize([face128], [mask128], key)[0]
+    path = tmp_path_factory.mktemp("exact") / "anon.png"
+    write_veiled(path, veiled, key)
+    return anonymizer, key, veiled, path
+
+
+def test_exact_recovery_from_file(tiny_backbone, face128, exact_run):
+    anonymizer, key, _, path = exact_run
+    rec = anonymizer.recover([read_veiled(path, key)], key)[0]
+    assert (rec.latent.double() - _z0(tiny_backbone, face128)).abs().max() <= 1e-4
+    assert np.array_equal(rec.image, face128)  # the sealed residual makes pixels exact
+
+
+def test_background_is_bit_identical_and_face_changes(face128, mask128, exact_run):
+    veiled = exact_run[2]
+    assert np.array_equal(veiled.image[~mask128], face128[~mask128])
+    assert psnr(veiled.image[mask128], face128[mask128]) < 25
+
+
+def test_wrong_key_is_refused_and_forced_gives_another_face(tiny_backbone, face128, mask128, exact_run):
+    anonymizer, _, _, path = exact_run
+    wrong = SecretKey.generate()
+    stored = read_veiled(path)
+    with pytest.raises(KeyMismatchError, match="fingerprint"):
+        anonymizer.recover([stored], wrong)
+    rec = anonymizer.recover([stored], wrong, force=True)[0]
+    assert (rec.latent.double() - _z0(tiny_backbone, face128)).abs().max() > 1.0
+    assert psnr(rec.image[mask128], face128[mask128]) < 25
+    assert np.array_equal(rec.image[~mask128], face128[~mask128])
+
+
+def test_file_format_roundtrip(mask128, exact_run):
+    _, key, veiled, path = exact_run
+    header = read_header(path)
+    assert header["scheme"] == "exact" and header["steps"] == STEPS and header["transform"] == "shuffle"
+    assert header["nonce"] == veiled.nonce.hex() and header["key_fingerprint"] == key.fingerprint
+    assert header["backbone"] == "tiny" and header["version"] == 1
+    assert key.material.hex() not in path.read_bytes().hex()
+    back = read_veiled(path, key)
+    assert torch.equal(back.state, veiled.state.double())
+    assert np.array_equal(back.mask, mask128) and np.array_equal(back.image, veiled.image)
+    assert back.sealed_residual == veiled.sealed_residual
+
+
+def test_modified_metadata_is_detected(exact_run, tmp_path):
+    _, key, veiled, _ = exact_run
+    v = veiled
+    v_steps = type(v.settings)(v.settings.scheme, v.settings.steps + 1, v.settings.transform)
+    tampered = type(v)(**{**v.__dict__, "settings": v_steps})
+    header_path = tmp_path / "good.png"
+    write_veiled(header_path, v, key)
+    # Splice the header of a file with other settings onto the good payload.
+    other = tmp_path / "other.png"
+    write_veiled(other, tampered, SecretKey.generate())
+    good_bytes, other_hdr = header_path.read_bytes(), read_chunks(other)[HEADER_CHUNK]
+    good_hdr = read_chunks(header_path)[HEADER_CHUNK]
+    import json
+    import struct
+    import zlib
+
+    forged = json.loads(other_hdr)
+    forged.update({k: json.loads(good_hdr)[k] for k in ("key_fingerprint", "payload_sha256", "nonce")})
+    body = json.dumps(forged).encode()
+
+    def chunk(ctype, data):
+        return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF)
+
+    start = good_bytes.index(struct.pack(">I", len(good_hdr)) + HEADER_CHUNK)
+    end = start + 12 + len(good_hdr)
+    (tmp_path / "forged.png").write_bytes(good_bytes[:start] + chunk(HEADER_CHUNK, body) + good_bytes[end:])
+    with pytest.raises(FormatError, match="modified"):
+        read_veiled(tmp_path / "forged.png", key)
+
+
+def test_stripped_file_recovers_approximately(tiny_backbone, face128, mask128, exact_run):
+    anonymizer, key, veiled, _ = exact_run
+    stripped = type(veiled)(**{**veiled.__dict__, "state": None, "sealed_residual": None})
+    rec = anonymizer.recover([stripped], key)[0]
+    err = (rec.latent.double() - _z0(tiny_backbone, face128)).abs().max().item()
+    assert np.isfinite(err)
+    assert np.array_equal(rec.image[~mask128], face128[~mask128])
+
+
+def test_fixed_point_recovers_better_than_ddim(tiny_backbone, face128, mask128):
+    key = SecretKey.generate()
+    z0 = _z0(tiny_backbone, face128)
+    errs = {}
+    for scheme in ("ddim", "fixed-point"):
+        a = Anonymizer(tiny_backbone, Settings(scheme, STEPS, residual=False))
+        rec = a.recover(a.anonymize([face128], [mask128], key), key)[0]
+        errs[scheme] = (rec.latent.double() - z0).abs().max().item()
+    assert errs["fixed-point"] < errs["ddim"] / 10
+
+
+@pytest.mark.parametrize("transform", ["signflip", "shuffle"])
+def test_batched_exact_roundtrip_and_distinct_nonces(tiny_backbone, face128, face128_b, mask128, transform):
+    key = SecretKey.generate()
+    a = Anonymizer(tiny_backbone, Settings("exact", 4, transform))
+    veiled = a.anonymize([face128, face128_b, face128], [mask128] * 3, key)
+    assert len({v.nonce for v in veiled}) == 3
+    # Same face, same key, fresh nonces: two different anonymizations.
+    assert not np.array_equal(veiled[0].image, veiled[2].image)
+    rec = a.recover(veiled, key)
+    for r, img in zip(rec, [face128, face128_b, face128]):
+        assert np.array_equal(r.image, img)
+
+
+def test_bad_sizes_are_refused(tiny_backbone, face128, mask128):
+    from faceveil.errors import InputError
+
+    a = Anonymizer(tiny_backbone, Settings("exact", 2))
+    with pytest.raises(InputError, match="multiples of 16"):
+        a.anonymize([face128[:120]], [mask128[:120]], SecretKey.generate())
+    with pytest.raises(InputError, match="mask is"):
+        a.anonymize([face128], [mask128[:64]], SecretKey.generate())
