@@ -1,0 +1,160 @@
+"""The CLI contract: outputs, one-line errors naming the file, exit codes, never overwriting inputs."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceveil.cli import main
+from faceveil.data.images import load_image, save_image
+from faceveil.keys import load_key
+
+FAST = ["--backbone", "tiny", "--device", "cpu", "--steps", "4"]
+
+
+@pytest.fixture()
+def keyfile(tmp_path):
+    path = tmp_path / "secret.key"
+    assert main(["keygen", "-o", str(path)]) == 0
+    return path
+
+
+def test_keygen_permissions_and_refusal(tmp_path, capsys):
+    keyfile = tmp_path / "k.key"
+    assert main(["keygen", "-o", str(keyfile)]) == 0
+    assert stat.S_IMODE(os.stat(keyfile).st_mode) == 0o600
+    key = load_key(keyfile)
+    out = capsys.readouterr().out
+    assert key.fingerprint in out and key.material.hex() not in out
+    assert main(["keygen", "-o", str(keyfile)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert load_key(keyfile) == key
+
+
+def test_keygen_passphrase_from_env(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FACEVEIL_PASSPHRASE", "hunter2 hunter2")
+    path = tmp_path / "p.key"
+    assert main(["keygen", "-o", str(path), "--passphrase"]) == 0
+    doc = json.loads(path.read_text())
+    assert doc["kdf"]["name"] == "scrypt" and "hunter2" not in path.read_text() + capsys.readouterr().out
+
+
+def _write_inputs(folder, face):
+    folder.mkdir()
+    save_image(folder / "good.png", face)
+    save_image(folder / "gray.png", face.mean(axis=2).astype(np.uint8))  # converted, not refused
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    rgba = np.dstack([face, np.full(face.shape[:2], 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "transparent.png")
+    Image.fromarray(face[..., 0].astype(np.uint16) * 257).save(folder / "deep.png")
+    save_image(folder / "odd.png", face[:120, :120])
+
+
+def test_anonymize_recover_folder_with_bad_inputs(tmp_path, face128, keyfile, capsys):
+    src = tmp_path / "in"
+    _write_inputs(src, face128)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    anon = tmp_path / "anon"
+    rc = main(["anonymize", str(src), "-o", str(anon), "--key", str(keyfile), "--batch-size", "2", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [ln for ln in err.splitlines() if ln.startswith("faceveil anonymize: ") and ": " in ln[20:]]
+    for name, reason in [
+        ("corrupt.png", "not a readable image"),
+        ("transparent.png", "transparent"),
+        ("deep.png", "16-bit"),
+        ("odd.png", "multiples of 16"),
+    ]:
+        assert any(str(src / name) in ln and reason in ln for ln in lines), (name, err)
+    assert "anonymized 2, failed 4" in err
+    assert sorted(p.name for p in anon.iterdir()) == ["good.png", "gray.png"]
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # inputs untouched
+
+    rec = tmp_path / "rec"
+    assert main(["recover", str(anon), "-o", str(rec), "--key", str(keyfile), "--batch-size", "1", *FAST[:4]]) == 0
+    assert np.abs(load_image(rec / "good.png").astype(int) - face128).max() <= 2
+
+
+def test_inspect_prints_public_metadata(tmp_path, face128, keyfile, capsys):
+    save_image(tmp_path / "f.png", face128)
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "a"), "--key", str(keyfile), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "a" / "f.png")]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["scheme"] == "exact" and meta["steps"] == 4 and meta["has_latents"] and 0 < meta["mask_fraction"] < 1
+    assert meta["key_fingerprint"] == load_key(keyfile).fingerprint and len(meta["nonce"]) == 32
+    assert main(["inspect", str(tmp_path / "f.png")]) == 2
+    assert "no faceveil metadata" in capsys.readouterr().err
+
+
+def test_wrong_key_refused_force_gives_other_face_and_stripped_needs_meta(tmp_path, face128, mask128, keyfile, capsys):
+    save_image(tmp_path / "f.png", face128)
+    anon = tmp_path / "a"
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(anon), "--key", str(keyfile), *FAST]) == 0
+    wrong = tmp_path / "wrong.key"
+    main(["keygen", "-o", str(wrong)])
+    capsys.readouterr()
+    assert main(["recover", str(anon), "-o", str(tmp_path / "r1"), "--key", str(wrong), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "wrong key" in err and str(anon / "f.png") in err
+    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force", "--device", "cpu"]) == 0
+    forced = load_image(tmp_path / "r2" / "f.png")
+    assert np.abs(forced[mask128].astype(int) - face128[mask128]).mean() > 10
+
+    # Strip the metadata: recovery refuses without --meta/--mask, then works approximately with them.
+    stripped = tmp_path / "s"
+    stripped.mkdir()
+    Image.open(anon / "f.png").save(stripped / "f.png")
+    capsys.readouterr()
+    assert main(["recover", str(stripped), "-o", str(tmp_path / "r3"), "--key", str(keyfile), "--device", "cpu"]) == 1
+    assert "--meta" in capsys.readouterr().err
+    main(["inspect", str(anon / "f.png")])
+    meta = tmp_path / "meta.json"
+    meta.write_text(capsys.readouterr().out)
+    save_image(tmp_path / "mask.png", (mask128 * 255).astype(np.uint8))
+    rc = main(["recover", str(stripped), "-o", str(tmp_path / "r4"), "--key", str(keyfile), "--device", "cpu",
+               "--meta", str(meta), "--mask", str(tmp_path / "mask.png")])
+    assert rc == 0 and "approximate" in capsys.readouterr().err
+    assert (tmp_path / "r4" / "f.png").is_file()
+
+
+def test_never_overwrites_input_and_skips_existing(tmp_path, face128, keyfile, capsys):
+    save_image(tmp_path / "f.png", face128)
+    before = (tmp_path / "f.png").read_bytes()
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path), "--key", str(keyfile), *FAST]) == 1
+    assert "overwrite the input" in capsys.readouterr().err
+    assert (tmp_path / "f.png").read_bytes() == before
+    out = tmp_path / "o"
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(out), "--key", str(keyfile), *FAST]) == 0
+    first = (out / "f.png").read_bytes()
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(out), "--key", str(keyfile), *FAST]) == 0
+    assert "exists, skipped" in capsys.readouterr().err and (out / "f.png").read_bytes() == first
+
+
+def test_missing_mask_in_mask_folder_and_bad_key_file(tmp_path, face128, keyfile, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    save_image(src / "a.png", face128)
+    save_image(src / "b.png", face128)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    save_image(masks / "a_mask.png", np.full((128, 128), 255, np.uint8))
+    rc = main(["anonymize", str(src), "-o", str(tmp_path / "o"), "--key", str(keyfile), "--mask", str(masks), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{src / 'b.png'}: no mask named b.png" in err and (tmp_path / "o" / "a.png").is_file()
+    bad = tmp_path / "bad.key"
+    bad.write_text("garbage")
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "o2"), "--key", str(bad), *FAST]) == 2
+    assert f"{bad}: not a faceveil key file" in capsys.readouterr().err
+
+
+def test_roundtrip_json(tmp_path, face128, capsys):
+    save_image(tmp_path / "f.png", face128)
+    assert main(["roundtrip", str(tmp_path / "f.png"), *FAST]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recovered"]["latent_max_abs_error"] <= 1e-4
+    assert out["recovered"]["psnr_vs_original_db"] == "inf"
+    assert out["wrong_key"]["latent_max_abs_error"] > 1.0
