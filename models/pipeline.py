@@ -71,6 +71,10 @@ class Anonymizer:
     def __init__(self, backbone: Backbone, settings: Settings | None = None, progress: bool = False) -> None:
         self.backbone = backbone
         self.settings = settings or Settings()
+        if backbone.device.type == "cuda":
+            # The exact scheme needs eps(x) to give the same bits when recovery re-evaluates it.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         self.progress = progress
         self.transform = get_transform(self.settings.transform)
         self.scheme: Scheme = make_scheme(
