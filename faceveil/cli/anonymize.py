@@ -13,13 +13,11 @@ from faceveil.cli.common import (
     add_model_args,
     add_scheme_args,
     batches_by,
-    expand_inputs,
-    output_path,
+    planned_outputs,
     progress,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
-    same_file,
 )
 
 MASK_SUFFIXES = ("", "_mask", ".mask")
@@ -81,15 +79,8 @@ def run(args: argparse.Namespace) -> int:
         report.fail(args.mask, "no such mask file or folder")
         return 2
     items: list[Item] = []
-    for src, root in expand_inputs(args.inputs):
-        dst = output_path(src, root, args.output)
+    for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
         try:
-            if same_file(src, dst):
-                raise FaceveilError("output would overwrite the input; choose another -o")
-            if dst.exists() and not args.overwrite:
-                report.note(f"{dst}: exists, skipped (use --overwrite)")
-                report.skipped += 1
-                continue
             image = load_image(src)
             items.append(Item(src, dst, image, find_mask(src, args.mask, image.shape[:2])))
         except FaceveilError as exc:

@@ -105,6 +105,19 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path | None]]:
     return out
 
 
+def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Report):
+    """Yield (input, output) pairs; refuse outputs that are an input, skip existing ones."""
+    for src, root in expand_inputs(inputs):
+        dst = output_path(src, root, outdir)
+        if same_file(src, dst):
+            report.fail(src, "output would overwrite the input; choose another -o")
+        elif dst.exists() and not overwrite:
+            report.note(f"{dst}: exists, skipped (use --overwrite)")
+            report.skipped += 1
+        else:
+            yield src, dst
+
+
 def same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))

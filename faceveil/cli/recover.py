@@ -11,13 +11,11 @@ from faceveil.cli.common import (
     Report,
     add_model_args,
     batches_by,
-    expand_inputs,
-    output_path,
+    planned_outputs,
     progress,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
-    same_file,
 )
 
 
@@ -70,15 +68,8 @@ def run(args: argparse.Namespace) -> int:
     report = Report("recover")
     key = load_key(args.key)
     items = []
-    for src, root in expand_inputs(args.inputs):
-        dst = output_path(src, root, args.output)
+    for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
         try:
-            if same_file(src, dst):
-                raise FaceveilError("output would overwrite the input; choose another -o")
-            if dst.exists() and not args.overwrite:
-                report.note(f"{dst}: exists, skipped (use --overwrite)")
-                report.skipped += 1
-                continue
             v = _load(src, args, key, report)
             if v.key_fingerprint != key.fingerprint and not args.force:
                 raise FaceveilError(
