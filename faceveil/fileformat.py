@@ -43,8 +43,23 @@ DATA_CHUNK = b"fvDt"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
+# Fields ``faceveil inspect`` adds for people; not part of the authenticated header.
+INSPECT_FIELDS = frozenset({"mask_fraction", "has_latents"})
+
+
 def _canonical(header: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in header.items() if k != "mac"}, sort_keys=True, separators=(",", ":")).encode()
+    body = {k: v for k, v in header.items() if k != "mac" and k not in INSPECT_FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def header_authentic(header: dict[str, Any], key: SecretKey) -> bool:
+    """Whether the header's MAC verifies under ``key`` (False for a wrong key or edited metadata)."""
+    return hmac.compare_digest(key.mac(_canonical(header)), str(header.get("mac", "")))
+
+
+def background_sha256(image: np.ndarray, mask: np.ndarray) -> str:
+    """Hash of the pixels outside the mask: the inpainting conditioning depends on them."""
+    return hashlib.sha256(np.ascontiguousarray(image[~mask]).tobytes()).hexdigest()
 
 
 def _encode_state(state: torch.Tensor, scheme: str) -> tuple[np.ndarray, str]:
@@ -80,6 +95,8 @@ def public_header(v: Veiled) -> dict[str, Any]:
         "nonce": v.nonce.hex(),
         "key_fingerprint": v.key_fingerprint,
         "image_size": [h, w],
+        "compute": dict(v.compute),
+        "background_sha256": background_sha256(v.image, v.mask),
     }
 
 
@@ -152,29 +169,41 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def veiled_from_header(header: dict[str, Any], image: np.ndarray, mask: np.ndarray, state: torch.Tensor | None) -> Veiled:
-    settings = Settings(
-        scheme=header["scheme"],
-        steps=int(header["steps"]),
-        transform=header["transform"],
-        residual=bool(header.get("sealed_residual", False)),
-    )
-    return Veiled(
-        image=image,
-        mask=mask,
-        nonce=bytes.fromhex(header["nonce"]),
-        settings=settings,
-        key_fingerprint=header["key_fingerprint"],
-        backbone=header["backbone"],
-        adapter_hash=header.get("adapter_hash"),
-        state=state,
-    )
+    """A :class:`Veiled` from a header (e.g. the JSON ``faceveil inspect`` printed) and pixels."""
+    try:
+        settings = Settings(
+            scheme=header["scheme"],
+            steps=int(header["steps"]),
+            transform=header["transform"],
+            residual=bool(header.get("sealed_residual", False)),
+        )
+        nonce = bytes.fromhex(header["nonce"])
+        if list(header.get("image_size", image.shape[:2])) != list(image.shape[:2]):
+            raise ValueError(f"it describes a {header['image_size']} image, not {list(image.shape[:2])}")
+        return Veiled(
+            image=image,
+            mask=mask,
+            nonce=nonce,
+            settings=settings,
+            key_fingerprint=str(header["key_fingerprint"]),
+            backbone=str(header["backbone"]),
+            adapter_hash=header.get("adapter_hash"),
+            state=state,
+            compute=dict(header.get("compute") or {}),
+        )
+    except KeyError as exc:
+        raise FormatError(f"faceveil header lacks the field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"faceveil header is invalid: {exc}") from None
 
 
-def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, verify: bool = True) -> Veiled:
+def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, allow_unverified: bool = False) -> Veiled:
     """Read an anonymized PNG written by :func:`write_veiled`.
 
-    With ``key`` and ``verify``, the header's MAC is checked, so edited metadata is
-    refused. Raises :class:`FormatError` when the file has no faceveil metadata.
+    With ``key``, the header's MAC is checked: a failure (edited metadata, or a
+    wrong key) raises :class:`FormatError` unless ``allow_unverified``, which
+    instead sets ``Veiled.authenticated = False``. Raises :class:`FormatError`
+    when the file has no faceveil metadata.
     """
     path = Path(path)
     chunks = read_chunks(path)
@@ -184,11 +213,18 @@ def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, veri
     payload = chunks[DATA_CHUNK]
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         raise FormatError(f"{path}: faceveil payload does not match its header")
-    if key is not None and verify and key.fingerprint == header["key_fingerprint"]:
-        if not hmac.compare_digest(key.mac(_canonical(header)), str(header.get("mac", ""))):
-            raise FormatError(f"{path}: faceveil metadata was modified (authentication failed)")
+    authentic = None if key is None else header_authentic(header, key)
+    if authentic is False and not allow_unverified:
+        what = "was modified" if key.fingerprint == header.get("key_fingerprint") else "does not verify under this key"
+        raise FormatError(f"{path}: faceveil metadata {what} (authentication failed)")
     try:
-        arrays = st_load(zlib.decompress(payload))
+        h, w = (int(v) for v in header["image_size"])
+        # Bound the inflated size: a crafted payload must not exhaust memory.
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(payload, 64 * h * w + (1 << 20))
+        if inflater.unconsumed_tail:
+            raise ValueError("payload larger than its image allows")
+        arrays = st_load(raw)
     except Exception:  # noqa: BLE001
         raise FormatError(f"{path}: faceveil payload is corrupt") from None
     with Image.open(path) as img:
@@ -197,8 +233,13 @@ def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, veri
     mask = arrays["mask"].astype(bool)
     if mask.shape != image.shape[:2]:
         raise FormatError(f"{path}: stored mask does not match the image size")
-    state = _decode_state(arrays["state"], header["state_encoding"]) if "state" in arrays else None
-    v = veiled_from_header(header, image, mask, state)
+    try:
+        state = _decode_state(arrays["state"], header["state_encoding"]) if "state" in arrays else None
+        v = veiled_from_header(header, image, mask, state)
+    except (FormatError, KeyError) as exc:
+        raise FormatError(f"{path}: {exc}") from None
     if "residual_sealed" in arrays:
         v.sealed_residual = arrays["residual_sealed"].tobytes()
+    v.authenticated = authentic
+    v.background_intact = header.get("background_sha256") in (None, background_sha256(image, mask))
     return v

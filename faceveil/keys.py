@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import json
 import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,16 +111,23 @@ def save_key(key: SecretKey, path: str | os.PathLike[str]) -> Path:
         doc["kdf"] = key.kdf
     data = (json.dumps(doc, indent=2) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise InputError(f"{path}: already exists; refusing to overwrite a key file") from None
+    if path.exists():
+        raise InputError(f"{path}: already exists; refusing to overwrite a key file")
+    # Write a private temp file, then link it into place: the name appears complete or not at all,
+    # and link() fails rather than replace a file created meanwhile.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise InputError(f"{path}: already exists; refusing to overwrite a key file") from None
     finally:
-        os.close(fd)
+        os.unlink(tmp)
     return path
 
 
@@ -142,9 +151,7 @@ def load_key(path: str | os.PathLike[str]) -> SecretKey:
     if doc.get("fingerprint") not in (None, key.fingerprint):
         raise InputError(f"{path}: key file is corrupt (fingerprint does not match the key)")
     if os.name == "posix" and path.stat().st_mode & 0o077:
-        import warnings
-
-        warnings.warn(f"{path}: key file is readable by other users; chmod 600 it", stacklevel=2)
+        print(f"faceveil: warning: {path}: key file is readable by other users; chmod 600 it", file=sys.stderr)
     return key
 
 

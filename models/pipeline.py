@@ -19,7 +19,7 @@ from faceveil.errors import InputError, KeyMismatchError
 from faceveil.keys import SecretKey, new_nonce
 from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
-from faceveil.models.inversion import EpsFn, Scheme, make_scheme
+from faceveil.models.inversion import Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.residual import add_residual, open_residual, seal_residual
 from faceveil.models.schedule import Schedule
@@ -39,7 +39,9 @@ class Veiled:
     adapter_hash: str | None = None
     state: torch.Tensor | None = None  # (S, C, h, w) clean-end scheme state; None when stripped
     sealed_residual: bytes | None = None  # encrypted pixel residual (see faceveil.models.residual)
-    extra: dict[str, object] = field(default_factory=dict)
+    compute: dict[str, str] = field(default_factory=dict)  # dtype and device type the UNet ran in
+    authenticated: bool | None = None  # header MAC verified under the key (None: not checked)
+    background_intact: bool = True  # pixels outside the mask match the hash in the header
 
 
 @dataclass
@@ -68,8 +70,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class Anonymizer:
     """Anonymize and recover batches of same-sized images with one backbone."""
 
-    def __init__(self, backbone: Backbone, settings: Settings | None = None, progress: bool = False) -> None:
+    def __init__(
+        self, backbone: Backbone, settings: Settings | None = None, progress: bool = False, batch_invariant: bool = True
+    ) -> None:
         self.backbone = backbone
+        # Kernels give slightly different bits for different batch sizes. Running the networks one
+        # image at a time makes a file's recovery bit-exact however the images are batched.
+        self.batch_invariant = batch_invariant
         self.settings = settings or Settings()
         if backbone.device.type == "cuda":
             # The exact scheme needs eps(x) to give the same bits when recovery re-evaluates it.
@@ -101,12 +108,27 @@ class Anonymizer:
         bb = self.backbone
         x = to_tensor(images).to(bb.device)
         mask_px = torch.from_numpy(np.stack(list(masks))[:, None].astype(np.float32)).to(bb.device)
-        cond = bb.conditioning(x, mask_px)
-        eps: EpsFn = lambda z, t: bb.eps(z, t, cond)  # noqa: E731
+        if self.batch_invariant:
+            parts = [bb.conditioning(x[i : i + 1], mask_px[i : i + 1]) for i in range(len(x))]
+            cond = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        else:
+            cond = bb.conditioning(x, mask_px)
+
+        def eps(z: torch.Tensor, t: int) -> torch.Tensor:
+            if not self.batch_invariant:
+                return bb.eps(z, t, cond)
+            return torch.cat([bb.eps(z[i : i + 1], t, {k: v[i : i + 1] for k, v in cond.items()}) for i in range(len(z))])
+
         return x, mask_px, latent_mask(mask_px, bb.vae_factor) > 0, eps
 
+    def _each(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(x[i : i + 1]) for i in range(len(x))]) if self.batch_invariant else fn(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._each(self.backbone.encode, x)
+
     def _decode(self, state: torch.Tensor) -> np.ndarray:
-        return to_uint8(self.backbone.decode(self.scheme.endpoint(state)))
+        return to_uint8(self._each(self.backbone.decode, self.scheme.endpoint(state)))
 
     @staticmethod
     def _paste(decoded: np.ndarray, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -124,7 +146,7 @@ class Anonymizer:
         """Anonymize same-sized uint8 RGB images inside their boolean face masks."""
         nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
         x, _, mask_lat, eps = self._prepare(images, masks)
-        clean = self.scheme.lift(self.backbone.encode(x), eps)
+        clean = self.scheme.lift(self.encode(x), eps)
         sealed: list[bytes | None] = [None] * len(images)
         if self.settings.residual:
             ref = self._decode(clean)
@@ -145,6 +167,7 @@ class Anonymizer:
                 adapter_hash=bb.adapter_hash,
                 state=out[i].cpu(),
                 sealed_residual=sealed[i],
+                compute={"dtype": str(bb.dtype).removeprefix("torch."), "device": bb.device.type},
             )
             for i in range(len(images))
         ]
@@ -167,7 +190,7 @@ class Anonymizer:
         elif any(v.state is not None for v in veiled):
             raise ValueError("mix of stripped and intact files in one batch")
         else:
-            state = self.scheme.lift(self.backbone.encode(to_tensor(images).to(self.backbone.device)), eps)
+            state = self.scheme.lift(self.encode(to_tensor(images).to(self.backbone.device)), eps)
         nonces = [v.nonce for v in veiled]
         noise = self.scheme.invert(state, eps)
         unkeyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces, inverse=True), eps)

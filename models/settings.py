@@ -22,5 +22,5 @@ class Settings:
             raise ValueError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"unknown key transform {self.transform!r}; choose from {', '.join(TRANSFORMS)}")
-        if self.steps < 1:
-            raise ValueError("steps must be >= 1")
+        if self.steps < (2 if self.scheme == "exact" else 1):
+            raise ValueError(f"the {self.scheme} scheme needs at least {2 if self.scheme == 'exact' else 1} steps")

@@ -54,13 +54,39 @@ def test_bdia_inverts_sampling_bit_for_bit(tiny_backbone):
 
 
 def test_bdia_rekey_is_undone_by_inverse(tiny_backbone):
+    from faceveil.keys import SecretKey
+    from faceveil.models.key_transforms import apply_key, get_transform
+
     z0, eps = _tiny_eps(tiny_backbone)
     scheme = BDIAScheme(Schedule.from_scheduler(tiny_backbone.scheduler, 10))
+    key, nonces, t = SecretKey.generate(), [bytes(16)], get_transform("shuffle")
+    mask = torch.zeros(1, 1, *z0.shape[-2:], dtype=torch.bool)
+    mask[..., 2:12, 3:13] = True
     with torch.no_grad():
         noise = scheme.invert(scheme.lift(z0, eps), eps)
-        keyed = scheme.rekey(noise, lambda z: -z, eps)
+        keyed = scheme.rekey(noise, lambda z: apply_key(z, mask, t, key, nonces), eps)
         assert not torch.equal(keyed, noise)
-        assert torch.equal(scheme.rekey(keyed, lambda z: -z, eps), noise)
+        assert torch.equal(keyed, quantize(keyed))
+        back = scheme.rekey(keyed, lambda z: apply_key(z, mask, t, key, nonces, inverse=True), eps)
+        assert torch.equal(back, noise)
+        # Applying the forward key twice is not the inverse.
+        assert not torch.equal(scheme.rekey(keyed, lambda z: apply_key(z, mask, t, key, nonces), eps), noise)
+
+
+def test_bdia_follows_the_ddim_trajectory(tiny_backbone):
+    # Both integrate the same ODE: their samples from one start get closer as steps grow.
+    z0, eps = _tiny_eps(tiny_backbone)
+    x_n = torch.randn(z0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    gaps = []
+    with torch.no_grad():
+        for steps in (5, 20):
+            sched = Schedule.from_scheduler(tiny_backbone.scheduler, steps)
+            ddim = DDIMScheme(sched)
+            bdia = BDIAScheme(sched)
+            ref = ddim.endpoint(ddim.sample(x_n.float().unsqueeze(1), eps)).double()
+            pair = torch.stack([quantize(x_n), bdia._first_move(quantize(x_n), eps)], dim=1)
+            gaps.append((bdia.endpoint(bdia.sample(pair, eps)) - ref).abs().mean().item() / ref.abs().mean().item())
+    assert gaps[1] < gaps[0] and gaps[1] < 0.2, gaps
 
 
 def test_fixed_point_beats_plain_ddim(tiny_backbone):

@@ -93,12 +93,19 @@ def test_modified_metadata_is_detected(exact_run, tmp_path):
         read_veiled(tmp_path / "forged.png", key)
 
 
-def test_stripped_file_recovers_approximately(tiny_backbone, face128, mask128, exact_run):
+def test_stripped_file_recovers_approximately(tiny_backbone, face128, mask128, exact_run, monkeypatch):
     anonymizer, key, veiled, _ = exact_run
     stripped = type(veiled)(**{**veiled.__dict__, "state": None, "sealed_residual": None})
+    # The tiny random autoencoder cannot round-trip pixels; stand in a perfect one, so what is
+    # measured is the scheme restarting from a clean latent without its stored partner.
+    monkeypatch.setattr(anonymizer, "encode", lambda x: veiled.state[:1, :].float().to(x.device))
     rec = anonymizer.recover([stripped], key)[0]
-    err = (rec.latent.double() - _z0(tiny_backbone, face128)).abs().max().item()
-    assert np.isfinite(err)
+    z0 = _z0(tiny_backbone, face128)
+    err = (rec.latent.double() - z0).abs().mean().item()
+    wrong = anonymizer.recover([stripped], SecretKey.generate(), force=True)[0]
+    wrong_err = (wrong.latent.double() - z0).abs().mean().item()
+    # Re-encoding the pixels loses the exact latents, but the right key still lands far closer.
+    assert err < wrong_err / 2
     assert np.array_equal(rec.image[~mask128], face128[~mask128])
 
 
@@ -124,6 +131,9 @@ def test_batched_exact_roundtrip_and_distinct_nonces(tiny_backbone, face128, fac
     rec = a.recover(veiled, key)
     for r, img in zip(rec, [face128, face128_b, face128]):
         assert np.array_equal(r.image, img)
+    # Recovered alone, not in the batch it was made in: still bit-exact.
+    alone = a.recover(veiled[1:2], key)[0]
+    assert np.array_equal(alone.image, face128_b) and torch.equal(alone.latent, rec[1].latent)
 
 
 def test_bad_sizes_are_refused(tiny_backbone, face128, mask128):

@@ -13,15 +13,14 @@ from faceveil.cli.common import (
     add_model_args,
     add_scheme_args,
     batches_by,
+    find_mask,
+    load_backbone_for_cli,
     planned_outputs,
     progress,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
 )
-
-MASK_SUFFIXES = ("", "_mask", ".mask")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anonymize", help="replace faces with keyed synthetic faces; writes self-describing PNGs")
@@ -48,28 +47,11 @@ class Item:
     mask: np.ndarray
 
 
-def find_mask(src: Path, mask_arg: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    from faceveil.data.images import elliptical_mask, load_mask
-    from faceveil.errors import InputError
-
-    if mask_arg is None:
-        return elliptical_mask(*shape)
-    if mask_arg.is_dir():
-        for suffix in MASK_SUFFIXES:
-            for ext in (".png", ".jpg", ".bmp"):
-                cand = mask_arg / f"{src.stem}{suffix}{ext}"
-                if cand.is_file():
-                    return load_mask(cand, shape)
-        raise InputError(f"{src}: no mask named {src.stem}.png or {src.stem}_mask.png in {mask_arg}")
-    return load_mask(mask_arg, shape)
-
-
 def run(args: argparse.Namespace) -> int:
     from faceveil.data.images import load_image
-    from faceveil.errors import FaceveilError
+    from faceveil.errors import FaceveilError, InputError
     from faceveil.fileformat import write_veiled
     from faceveil.keys import load_key
-    from faceveil.models.backbones import load_backbone
     from faceveil.models.pipeline import Anonymizer, Settings
 
     quiet_libraries()
@@ -86,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
         except FaceveilError as exc:
             report.fail(src, exc)
     if items:
-        device = resolve_device(args.device)
-        backbone = load_backbone(args.backbone, device=device, dtype=resolve_dtype(args.dtype, device))
-        anonymizer = Anonymizer(backbone, Settings(args.scheme, args.steps, args.transform))
+        try:
+            settings = Settings(args.scheme, args.steps, args.transform)
+            device = resolve_device(args.device)
+            backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+            anonymizer = Anonymizer(backbone, settings)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         bar = progress(len(items), "anonymize")
         for batch in batches_by(items, lambda it: it.image.shape, args.batch_size):
             try:

@@ -22,7 +22,7 @@ def add_model_args(p: argparse.ArgumentParser, backbone_default: str | None = DE
     )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     g.add_argument("--dtype", default="auto", choices=DTYPES, help="UNet/autoencoder dtype (auto: bf16 on GPU, fp32 on CPU)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    g.add_argument("--batch-size", type=positive_int, default=4, help="images per batch (default: 4)")
 
 
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_scheme_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("inversion")
     g.add_argument("--scheme", default="exact", choices=SCHEMES, help="inversion scheme (default: exact)")
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    g.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default: 50; exact needs >= 2)")
     g.add_argument("--transform", default="shuffle", choices=tuple(TRANSFORMS), help="key transform (default: shuffle)")
 
 
@@ -106,23 +106,65 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path | None]]:
 
 
 def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Report):
-    """Yield (input, output) pairs; refuse outputs that are an input, skip existing ones."""
-    for src, root in expand_inputs(inputs):
+    """Yield (input, output) pairs. Refuse an output that is any input or that two inputs
+    would share; skip outputs that exist unless ``overwrite``."""
+    pairs = expand_inputs(inputs)
+    input_paths = {src.resolve() for src, _ in pairs}
+    taken: dict[Path, Path] = {}
+    for src, root in pairs:
         dst = output_path(src, root, outdir)
-        if same_file(src, dst):
-            report.fail(src, "output would overwrite the input; choose another -o")
+        real = dst.resolve()
+        if real in input_paths:
+            report.fail(src, f"output {dst} would overwrite an input; choose another -o")
+        elif real in taken:
+            report.fail(src, f"output {dst} is also the output of {taken[real]}; rename one of them")
         elif dst.exists() and not overwrite:
             report.note(f"{dst}: exists, skipped (use --overwrite)")
             report.skipped += 1
         else:
+            taken[real] = src
             yield src, dst
 
 
-def same_file(a: Path, b: Path) -> bool:
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def load_backbone_for_cli(spec: str, device, dtype):  # -> Backbone
+    """load_backbone with load failures (missing files, no network) as one-line errors."""
+    from faceveil.errors import FaceveilError, InputError
+    from faceveil.models.backbones import load_backbone
+
     try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+        return load_backbone(spec, device=device, dtype=dtype)
+    except FaceveilError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise InputError(f"cannot load backbone {spec!r}: {first}") from None
+
+
+MASK_SUFFIXES = ("", "_mask", ".mask")
+
+
+def find_mask(src: Path, mask_arg: Path | None, shape: tuple[int, int]):  # -> np.ndarray
+    """The mask for ``src``: a file for all inputs, NAME[_mask].png in a folder, or the default ellipse."""
+    from faceveil.data.images import elliptical_mask, load_mask
+    from faceveil.errors import InputError
+
+    if mask_arg is None:
+        return elliptical_mask(*shape)
+    if mask_arg.is_dir():
+        for suffix in MASK_SUFFIXES:
+            for ext in (".png", ".jpg", ".bmp"):
+                cand = mask_arg / f"{src.stem}{suffix}{ext}"
+                if cand.is_file():
+                    return load_mask(cand, shape)
+        raise InputError(f"{src}: no mask named {src.stem}.png or {src.stem}_mask.png in {mask_arg}")
+    return load_mask(mask_arg, shape)
 
 
 def batches_by(items: list, key, batch_size: int) -> list[list]:

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--photo", default="tom_hanks", help="bundled sample photo (default: tom_hanks)")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--scheme", default="exact")
+    p.add_argument("--scheme", default="exact", choices=("ddim", "fixed-point", "exact"))
     p.set_defaults(func=run)
 
 
@@ -42,11 +42,15 @@ def run(args: argparse.Namespace) -> int:
             save_key(SecretKey.generate(), p)
     common = ["--backbone", "tiny", "--device", "cpu", "--overwrite"]
     steps = ["--scheme", args.scheme, "--steps", str(args.steps)]
-    rc = main(["anonymize", str(inp), "-o", str(out / "anonymized"), "--key", str(key_path), *steps, *common])
-    rc |= main(["recover", str(out / "anonymized"), "-o", str(out / "recovered"), "--key", str(key_path), *common])
-    rc |= main(["recover", str(out / "anonymized"), "-o", str(out / "wrong_key"), "--key", str(wrong_path), "--force", *common])
-    if rc:
-        return rc
+    runs = [
+        ["anonymize", str(inp), "-o", str(out / "anonymized"), "--key", str(key_path), *steps, *common],
+        ["recover", str(out / "anonymized"), "-o", str(out / "recovered"), "--key", str(key_path), *common],
+        ["recover", str(out / "anonymized"), "-o", str(out / "wrong_key"), "--key", str(wrong_path), "--force", *common],
+    ]
+    for argv in runs:
+        rc = main(argv)
+        if rc:
+            return rc
     name = f"{args.photo}.png"
     anon = load_image(out / "anonymized" / name)
     rec = load_image(out / "recovered" / name)

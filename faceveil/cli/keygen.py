@@ -13,13 +13,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="derive the key from a passphrase with scrypt (read from $FACEVEIL_PASSPHRASE or a prompt)",
     )
+    p.add_argument(
+        "--salt",
+        help="with --passphrase: the salt (hex) of an earlier key, to derive the same key again; "
+        "it is printed by keygen and kept in the key file",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from faceveil.errors import InputError
     from faceveil.keys import SecretKey, read_passphrase, save_key
 
-    key = SecretKey.from_passphrase(read_passphrase(confirm=True)) if args.passphrase else SecretKey.generate()
+    if args.salt and not args.passphrase:
+        raise InputError("--salt goes with --passphrase")
+    if args.passphrase:
+        try:
+            salt = bytes.fromhex(args.salt) if args.salt else None
+        except ValueError:
+            raise InputError("--salt must be hex") from None
+        key = SecretKey.from_passphrase(read_passphrase(confirm=salt is None), salt=salt)
+    else:
+        key = SecretKey.generate()
     path = save_key(key, args.output)
     print(f"wrote {path} (fingerprint {key.fingerprint})")
+    if key.kdf is not None:
+        print(f"salt {key.kdf['salt']} (public; with the passphrase it derives this key again: --salt)")
     return 0

@@ -1,4 +1,4 @@
-"""faceveil recover INPUT... -o OUTDIR --key KEYFILE [--force] [--meta JSON --mask MASK]"""
+"""faceveil recover INPUT... -o OUTDIR --key KEYFILE [--force] [--meta JSON_OR_DIR --mask MASK]"""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from faceveil.cli.anonymize import find_mask
 from faceveil.cli.common import (
     Report,
     add_model_args,
     batches_by,
+    find_mask,
+    load_backbone_for_cli,
     planned_outputs,
     progress,
     quiet_libraries,
@@ -24,12 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized PNGs or folders")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--key", required=True, type=Path, help="the key file used to anonymize")
-    p.add_argument("--force", action="store_true", help="try even when the key's fingerprint does not match")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="try even when the key's fingerprint or the metadata's authentication does not match",
+    )
     p.add_argument(
         "--meta",
         type=Path,
-        help="for files whose metadata was stripped: the JSON that 'faceveil inspect' printed for them "
-        "(recovery then re-encodes the pixels and is approximate)",
+        help="for files whose metadata was stripped: the JSON 'faceveil inspect' printed for the file, or a "
+        "folder of NAME.json (recovery then re-encodes the pixels and is approximate)",
     )
     p.add_argument("--mask", type=Path, help="with --meta: the face mask (file or folder), as given to anonymize")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -37,69 +42,108 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(src: Path, args: argparse.Namespace, key, report: Report):
-    from faceveil.data.images import load_image
-    from faceveil.errors import FormatError, InputError
-    from faceveil.fileformat import read_header, read_veiled, veiled_from_header
+class Loader:
+    """Reads anonymized files, or stripped ones with --meta/--mask, and checks them against the key."""
 
-    if read_header(src) is not None:
-        return read_veiled(src, key, verify=not args.force)
-    if args.meta is None:
-        raise FormatError(f"{src}: no faceveil metadata (stripped or re-encoded?); give --meta and --mask to recover from pixels")
-    try:
-        header = json.loads(args.meta.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{args.meta}: not a JSON file from 'faceveil inspect'") from None
-    image = load_image(src)
-    if args.mask is None:
-        raise InputError(f"{src}: no faceveil metadata; --mask is needed with --meta")
-    report.note(f"{src}: no faceveil metadata; re-encoding the pixels with the given mask (approximate recovery)")
-    return veiled_from_header(header, image, find_mask(src, args.mask, image.shape[:2]), None)
+    def __init__(self, args: argparse.Namespace, key, report: Report) -> None:
+        self.args, self.key, self.report = args, key, report
+        self.meta_used: dict[Path, Path] = {}
+
+    def _meta_for(self, src: Path) -> dict:
+        from faceveil.errors import InputError
+
+        meta = self.args.meta / f"{src.stem}.json" if self.args.meta.is_dir() else self.args.meta
+        if meta in self.meta_used:
+            raise InputError(f"{meta} already serves {self.meta_used[meta]}; each image has its own nonce, so give a folder of NAME.json")
+        try:
+            header = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            raise InputError(f"{meta}: not a JSON file from 'faceveil inspect'") from None
+        self.meta_used[meta] = src
+        return header
+
+    def load(self, src: Path):  # -> Veiled
+        from faceveil.data.images import load_image
+        from faceveil.errors import FaceveilError, FormatError
+        from faceveil.fileformat import header_authentic, read_header, read_veiled, veiled_from_header
+
+        args, key = self.args, self.key
+        if read_header(src) is not None:
+            v = read_veiled(src, key, allow_unverified=True)
+        elif args.meta is None or args.mask is None:
+            raise FormatError(f"{src}: no faceveil metadata (stripped or re-encoded?); give --meta and --mask to recover from pixels")
+        else:
+            header = self._meta_for(src)
+            image = load_image(src)
+            v = veiled_from_header(header, image, find_mask(src, args.mask, image.shape[:2]), None)
+            v.authenticated = header_authentic(header, key)
+            self.report.note(f"{src}: no faceveil metadata; re-encoding the pixels with the given mask (approximate recovery)")
+        if v.key_fingerprint != key.fingerprint:
+            if not args.force:
+                raise FaceveilError(
+                    f"wrong key: {args.key} has fingerprint {key.fingerprint}, the image needs "
+                    f"{v.key_fingerprint} (use --force to try anyway)"
+                )
+        elif v.authenticated is False and not args.force:
+            raise FormatError("faceveil metadata was modified (authentication failed; use --force to try anyway)")
+        if v.authenticated is False and args.force:
+            self.report.note(f"{src}: metadata does not authenticate under this key; trying anyway")
+        if not v.background_intact:
+            self.report.note(f"{src}: pixels outside the mask changed since anonymization; recovery will be degraded")
+        return v
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceveil.errors import FaceveilError
+    import torch
+
     from faceveil.data.images import save_image
+    from faceveil.errors import FaceveilError
     from faceveil.keys import load_key
-    from faceveil.models.backbones import load_backbone
     from faceveil.models.pipeline import Anonymizer
 
     quiet_libraries()
     report = Report("recover")
     key = load_key(args.key)
+    loader = Loader(args, key, report)
     items = []
     for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
         try:
-            v = _load(src, args, key, report)
-            if v.key_fingerprint != key.fingerprint and not args.force:
-                raise FaceveilError(
-                    f"wrong key: {args.key} has fingerprint {key.fingerprint}, the image needs "
-                    f"{v.key_fingerprint} (use --force to try anyway)"
-                )
-            items.append((src, dst, v))
+            items.append((src, dst, loader.load(src)))
         except FaceveilError as exc:
             report.fail(src, exc)
     if items:
         device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        backbones: dict[str, object] = {}
+        backbones: dict[tuple[str, torch.dtype], object] = {}
         bar = progress(len(items), "recover")
+
+        def dtype_for(v) -> torch.dtype:
+            # Exact recovery needs the UNet in the dtype it was anonymized with.
+            recorded = v.compute.get("dtype")
+            if args.dtype == "auto" and recorded in ("float32", "bfloat16", "float16"):
+                return getattr(torch, recorded)
+            return resolve_dtype(args.dtype, device)
 
         def group(it):
             v = it[2]
-            return (args.backbone or v.backbone, v.settings.scheme, v.settings.steps, v.settings.transform,
-                    v.image.shape, v.state is None)
+            return (args.backbone or v.backbone, dtype_for(v), v.settings.scheme, v.settings.steps,
+                    v.settings.transform, v.image.shape, v.state is None)
 
         for batch in batches_by(items, group, args.batch_size):
-            spec = group(batch[0])[0]
+            spec, dtype = group(batch[0])[:2]
+            v0 = batch[0][2]
             try:
-                if spec not in backbones:
-                    backbones[spec] = load_backbone(spec, device=device, dtype=dtype)
-                bb = backbones[spec]
-                v0 = batch[0][2]
+                if (spec, dtype) not in backbones:
+                    backbones[(spec, dtype)] = load_backbone_for_cli(spec, device, dtype)
+                bb = backbones[(spec, dtype)]
+                recorded = v0.compute.get("dtype")
+                if recorded and recorded != str(dtype).removeprefix("torch."):
+                    report.note(f"{batch[0][0]}: anonymized with {recorded}, recovering with {dtype}; expect it to be inexact")
+                if v0.compute.get("device", device.type) != device.type:
+                    report.note(f"{batch[0][0]}: anonymized on {v0.compute['device']}, recovering on {device.type}; "
+                                "expect last-bit differences")
                 if v0.adapter_hash != bb.adapter_hash:
                     report.note(f"{batch[0][0]}: made with adapter {v0.adapter_hash}, recovering with {bb.adapter_hash}")
-                rec = Anonymizer(bb, v0.settings).recover([it[2] for it in batch], key, force=args.force)
+                rec = Anonymizer(bb, v0.settings).recover([it[2] for it in batch], key, force=True)
             except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
                 for src, _, _ in batch:
                     report.fail(src, exc)

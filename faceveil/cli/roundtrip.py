@@ -23,10 +23,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from faceveil.cli.anonymize import find_mask
+    from faceveil.cli.common import find_mask, load_backbone_for_cli
     from faceveil.data.images import load_image
+    from faceveil.errors import InputError
     from faceveil.evaluate.roundtrip import measure_roundtrip
-    from faceveil.models.backbones import load_backbone
     from faceveil.models.pipeline import Settings
 
     quiet_libraries()
@@ -39,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
         image = np.asarray(crop.resize((args.size, args.size), Image.Resampling.LANCZOS))
     mask = find_mask(args.image, args.mask, image.shape[:2])
     device = resolve_device(args.device)
-    backbone = load_backbone(args.backbone, device=device, dtype=resolve_dtype(args.dtype, device))
-    result = measure_roundtrip(backbone, image, mask, Settings(args.scheme, args.steps, args.transform))
+    backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+    try:
+        result = measure_roundtrip(backbone, image, mask, Settings(args.scheme, args.steps, args.transform))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     print(json.dumps(result, indent=2))
     return 0
