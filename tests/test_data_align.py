@@ -8,7 +8,7 @@ import pytest
 
 from faceveil.data.align import ffhq_matrix, ffhq_quad, matrix_scale, outside_fraction, transform_points, warp_face
 from faceveil.data.detect_dlib import DlibDetector
-from faceveil.data.extract import read_photo
+from faceveil.data.images import load_image
 from faceveil.data.samples import sample_photo_path
 
 SIZE = 256
@@ -16,7 +16,7 @@ SIZE = 256
 
 @pytest.fixture(scope="module")
 def astronaut() -> tuple[np.ndarray, np.ndarray]:
-    photo = read_photo(sample_photo_path("astronaut"))
+    photo = load_image(sample_photo_path("astronaut"))
     (face,) = DlibDetector().detect(photo)
     return photo, face.landmarks5
 

@@ -12,7 +12,7 @@ from faceveil.cli import main
 from faceveil.data.backends import DetectorSpec, make_detector
 from faceveil.data.detect_dlib import DlibDetector
 from faceveil.data.detect_insightface import check_model_dir
-from faceveil.data.extract import read_photo
+from faceveil.data.images import load_image
 from faceveil.data.faces import five_from_68
 from faceveil.data.samples import sample_photo_path
 from faceveil.errors import InputError
@@ -27,7 +27,7 @@ def dlib_detector() -> DlibDetector:
 
 @pytest.mark.parametrize(("name", "count"), [("astronaut", 1), ("grace_hopper", 1), ("t1_group", 6)])
 def test_dlib_counts_faces_in_real_photos(dlib_detector: DlibDetector, name: str, count: int) -> None:
-    faces = dlib_detector.detect(read_photo(sample_photo_path(name)))
+    faces = dlib_detector.detect(load_image(sample_photo_path(name)))
     assert len(faces) == count
     for f in faces:
         assert f.scheme == "dlib68" and f.landmarks.shape == (68, 2)
@@ -41,17 +41,17 @@ def test_dlib_counts_faces_in_real_photos(dlib_detector: DlibDetector, name: str
 
 
 def test_dlib_faces_are_sorted_left_to_right(dlib_detector: DlibDetector) -> None:
-    faces = dlib_detector.detect(read_photo(sample_photo_path("t1_group")))
+    faces = dlib_detector.detect(load_image(sample_photo_path("t1_group")))
     lefts = [f.bbox[0] for f in faces]
     assert lefts == sorted(lefts)
 
 
 def test_dlib_finds_no_face_in_a_photo_without_one(dlib_detector: DlibDetector) -> None:
-    assert dlib_detector.detect(read_photo(COFFEE)) == []
+    assert dlib_detector.detect(load_image(COFFEE)) == []
 
 
 def test_dlib_default_threshold_drops_the_weak_extra_box_upsampling_finds(dlib_detector: DlibDetector) -> None:
-    photo = read_photo(sample_photo_path("astronaut"))
+    photo = load_image(sample_photo_path("astronaut"))
     # Upsampled with a permissive threshold, dlib reports extra boxes on the suit;
     # the defaults (no upsampling, score > 0) keep only the face.
     assert len(DlibDetector(upsample=1, threshold=-0.5).detect(photo)) > 1

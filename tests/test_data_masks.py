@@ -11,7 +11,7 @@ from PIL import Image
 
 from faceveil.data.align import ffhq_matrix, transform_points
 from faceveil.data.detect_dlib import DlibDetector
-from faceveil.data.extract import read_photo
+from faceveil.data.images import load_image
 from faceveil.data.masks import CELEBAMASK_HQ_LABELS, FACE_CLASSES, class_ids, landmark_mask, latent_mask, parsing_mask
 from faceveil.data.precomputed import ParsingMaps
 from faceveil.data.samples import sample_photo_path
@@ -25,7 +25,7 @@ def _aligned_landmarks() -> list[tuple[str, np.ndarray, np.ndarray]]:
     detector = DlibDetector()
     out = []
     for name in ("astronaut", "grace_hopper", "t1_group"):
-        for i, face in enumerate(detector.detect(read_photo(sample_photo_path(name)))):
+        for i, face in enumerate(detector.detect(load_image(sample_photo_path(name)))):
             m = ffhq_matrix(face.landmarks5, SIZE)
             out.append((f"{name}:{i}", transform_points(face.landmarks, m), transform_points(face.landmarks5, m)))
     return out

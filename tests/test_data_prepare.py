@@ -19,7 +19,8 @@ from PIL import Image
 from faceveil.cli import main
 from faceveil.data.backends import DetectorSpec, MaskSpec
 from faceveil.data.detect_dlib import DlibDetector
-from faceveil.data.extract import ExtractConfig, FaceExtractor, read_photo
+from faceveil.data.extract import ExtractConfig, FaceExtractor
+from faceveil.data.images import load_image
 from faceveil.data.prepare import prepare
 from faceveil.data.samples import sample_photo_path
 from faceveil.data.shards import decode_sample, read_index, read_rejects
@@ -93,7 +94,7 @@ def test_shards_round_trip_losslessly(cli_run: dict, photos: Path) -> None:
     expected = {}
     for name in ("astronaut.png", "t1_group.jpg"):
         path = photos / name
-        faces, _, _ = extractor.extract(read_photo(path), str(path))
+        faces, _, _ = extractor.extract(load_image(path), str(path))
         for f in faces:
             expected[(name, f.face_index)] = f
     seen = 0
@@ -149,7 +150,7 @@ def test_face_policies(photos: Path, tmp_path: Path) -> None:
     t1 = photos / "t1_group.jpg"
     largest = prepare([t1], tmp_path / "largest", ExtractConfig(faces="largest"), progress=False)
     (sample,) = _samples(tmp_path / "largest")
-    faces = DlibDetector().detect(read_photo(t1))
+    faces = DlibDetector().detect(load_image(t1))
     assert largest.faces_found == 6
     assert json.loads(sample["meta.json"])["face_index"] == int(np.argmax([f.area for f in faces]))
 
@@ -203,7 +204,7 @@ def test_missing_input_is_a_reject_not_a_crash(photos: Path, tmp_path: Path) -> 
 
 def test_precomputed_68_point_landmarks_reproduce_the_dlib_crops(photos: Path, tmp_path: Path) -> None:
     path = photos / "grace_hopper.jpg"
-    (face,) = DlibDetector().detect(read_photo(path))
+    (face,) = DlibDetector().detect(load_image(path))
     table = tmp_path / "landmarks.txt"
     row = " ".join(f"{v:g}" for v in face.landmarks.ravel())
     table.write_text(f"1\nx1 y1 ...\n{path.name} {row}\n")
@@ -217,7 +218,7 @@ def test_precomputed_68_point_landmarks_reproduce_the_dlib_crops(photos: Path, t
 
 def test_precomputed_five_points_with_a_parsing_map(photos: Path, tmp_path: Path) -> None:
     path = photos / "astronaut.png"
-    photo = read_photo(path)
+    photo = load_image(path)
     (face,) = DlibDetector().detect(photo)
     table = tmp_path / "list_landmarks_celeba.txt"
     table.write_text(f"astronaut.png {' '.join(f'{v:.2f}' for v in face.landmarks5.ravel())}\n")
@@ -256,11 +257,11 @@ def test_tars_are_plain_webdataset_tars(cli_run: dict) -> None:
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    photo = read_photo(sample_photo_path("astronaut"))
+    photo = load_image(sample_photo_path("astronaut"))
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": stored turned counter-clockwise
     Image.fromarray(np.rot90(photo, 1).copy()).save(tmp_path / "sideways.png", exif=exif)
-    np.testing.assert_array_equal(read_photo(tmp_path / "sideways.png"), photo)
+    np.testing.assert_array_equal(load_image(tmp_path / "sideways.png"), photo)
     assert len(DlibDetector().detect(np.rot90(photo, 1).copy())) == 0  # sideways, the face is not found
     assert prepare([tmp_path / "sideways.png"], tmp_path / "out", progress=False).samples == 1
 
