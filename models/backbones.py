@@ -280,7 +280,9 @@ def empty_prompt_embedding(source: str, local_files_only: bool = False) -> torch
     return emb
 
 
-def sd2_inpaint_components_pretrained(source: str = SD2_INPAINT_ID, local_files_only: bool = False) -> dict[str, Any]:
+def sd2_inpaint_components_pretrained(
+    source: str = SD2_INPAINT_ID, local_files_only: bool = False, prompt_embeds: torch.Tensor | None = None
+) -> dict[str, Any]:
     kw = dict(local_files_only=local_files_only)
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
     vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
@@ -290,11 +292,13 @@ def sd2_inpaint_components_pretrained(source: str = SD2_INPAINT_ID, local_files_
         vae=vae,
         scheduler=scheduler,
         scaling_factor=float(vae.config.scaling_factor),
-        prompt_embeds=empty_prompt_embedding(source, local_files_only),
+        prompt_embeds=prompt_embeds if prompt_embeds is not None else empty_prompt_embedding(source, local_files_only),
     )
 
 
-def ldm_ffhq_components_pretrained(source: str = LDM_FFHQ_ID, local_files_only: bool = False) -> dict[str, Any]:
+def ldm_ffhq_components_pretrained(
+    source: str = LDM_FFHQ_ID, local_files_only: bool = False, prompt_embeds: torch.Tensor | None = None
+) -> dict[str, Any]:
     kw = dict(local_files_only=local_files_only)
     unet = UNet2DModel.from_pretrained(source, subfolder="unet", **kw)
     vae = VQModel.from_pretrained(source, subfolder="vqvae", **kw)
@@ -317,8 +321,11 @@ LAYOUTS: dict[str, Layout] = {
 
 
 def build_backbone(name: str, random_weights: bool = True, seed: int = 0, source: str | None = None,
-                   local_files_only: bool = False) -> Backbone:
-    """Build a registered layout: random weights from ``seed``, or pretrained from ``source``."""
+                   local_files_only: bool = False, prompt_embeds: torch.Tensor | None = None) -> Backbone:
+    """Build a registered layout: random weights from ``seed``, or pretrained from ``source``.
+
+    ``prompt_embeds`` (e.g. shipped with an export) spares computing the empty-prompt embedding.
+    """
     if name not in LAYOUTS:
         raise ConfigError(f"unknown backbone {name!r}; choose from {', '.join(LAYOUTS)} or an export folder")
     layout = LAYOUTS[name]
@@ -327,7 +334,7 @@ def build_backbone(name: str, random_weights: bool = True, seed: int = 0, source
         spec = name if layout.pretrained is None else f"{name}:random:{seed}"
     else:
         src = source or layout.default_source
-        parts = layout.pretrained(src, local_files_only=local_files_only)
+        parts = layout.pretrained(src, local_files_only=local_files_only, prompt_embeds=prompt_embeds)
         spec = f"{name}:{src}"
     backbone = Backbone(name=name, spec=spec, **parts)
     backbone.unet.eval()
@@ -346,7 +353,7 @@ def register_export_loader(fn: ExportLoader) -> None:
 
 
 def load_backbone(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                  local_files_only: bool = False) -> Backbone:
+                  local_files_only: bool = False, prompt_embeds: torch.Tensor | None = None) -> Backbone:
     """Load a backbone from a spec string (see the module docstring) onto ``device``/``dtype``."""
     path = Path(spec)
     if (path / EXPORT_MANIFEST).is_file():
@@ -361,7 +368,8 @@ def load_backbone(spec: str, device: torch.device | str | None = None, dtype: to
             _, _, seed = rest.partition(":")
             backbone = build_backbone(name, random_weights=True, seed=int(seed or 0))
         else:
-            backbone = build_backbone(name, random_weights=False, source=rest or None, local_files_only=local_files_only)
+            backbone = build_backbone(name, random_weights=False, source=rest or None,
+                                      local_files_only=local_files_only, prompt_embeds=prompt_embeds)
     return backbone.to(device=device, dtype=dtype)
 
 

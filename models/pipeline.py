@@ -53,7 +53,8 @@ class Recovered:
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
     arr = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # One memory layout, whatever the caller's strides: kernels choose algorithms by layout.
+    return (torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -20,6 +20,7 @@ from faceveil.cli.common import (
     quiet_libraries,
     resolve_device,
     resolve_dtype,
+    resolve_settings,
 )
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.errors import FaceveilError, InputError
     from faceveil.fileformat import write_veiled
     from faceveil.keys import load_key
-    from faceveil.models.pipeline import Anonymizer, Settings
+    from faceveil.models.pipeline import Anonymizer
 
     quiet_libraries()
     report = Report("anonymize")
@@ -68,11 +69,10 @@ def run(args: argparse.Namespace) -> int:
         except FaceveilError as exc:
             report.fail(src, exc)
     if items:
+        device = resolve_device(args.device)
+        backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
         try:
-            settings = Settings(args.scheme, args.steps, args.transform)
-            device = resolve_device(args.device)
-            backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
-            anonymizer = Anonymizer(backbone, settings)
+            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone))
         except ValueError as exc:
             raise InputError(str(exc)) from None
         bar = progress(len(items), "anonymize")

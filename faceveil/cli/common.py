@@ -28,10 +28,27 @@ def add_model_args(p: argparse.ArgumentParser, backbone_default: str | None = DE
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
     from faceveil.models.settings import SCHEMES, TRANSFORMS
 
-    g = p.add_argument_group("inversion")
-    g.add_argument("--scheme", default="exact", choices=SCHEMES, help="inversion scheme (default: exact)")
-    g.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default: 50; exact needs >= 2)")
-    g.add_argument("--transform", default="shuffle", choices=tuple(TRANSFORMS), help="key transform (default: shuffle)")
+    g = p.add_argument_group("inversion (defaults: an export's recorded settings, else exact / 50 / shuffle)")
+    g.add_argument("--scheme", choices=SCHEMES, help="inversion scheme")
+    g.add_argument("--steps", type=positive_int, help="DDIM steps (exact needs >= 2)")
+    g.add_argument("--transform", choices=tuple(TRANSFORMS), help="key transform")
+
+
+def resolve_settings(args: argparse.Namespace, backbone):  # -> Settings
+    """Explicit options win, then the settings an export recorded, then the defaults."""
+    from faceveil.errors import InputError
+    from faceveil.models.settings import Settings
+
+    recorded = (backbone.extra or {}).get("settings") or {}
+    default = Settings()
+    try:
+        return Settings(
+            scheme=args.scheme or recorded.get("scheme", default.scheme),
+            steps=args.steps or int(recorded.get("steps", default.steps)),
+            transform=args.transform or recorded.get("transform", default.transform),
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def resolve_device(name: str):  # -> torch.device

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from faceveil.cli.common import add_model_args, add_scheme_args, quiet_libraries, resolve_device, resolve_dtype
+from faceveil.cli.common import (
+    add_model_args,
+    add_scheme_args,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    resolve_settings,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.data.images import load_image
     from faceveil.errors import InputError
     from faceveil.evaluate.roundtrip import measure_roundtrip
-    from faceveil.models.pipeline import Settings
 
     quiet_libraries()
     image = load_image(args.image)
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
     try:
-        result = measure_roundtrip(backbone, image, mask, Settings(args.scheme, args.steps, args.transform))
+        result = measure_roundtrip(backbone, image, mask, resolve_settings(args, backbone))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     print(json.dumps(result, indent=2))

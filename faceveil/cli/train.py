@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/tiny.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=200")
-    p.add_argument("--resume", metavar="latest|STEP|DIR", help="continue from a checkpoint of output.run_dir")
+    p.add_argument("--resume", metavar="latest|auto|STEP|DIR",
+                   help="continue from a checkpoint of output.run_dir (auto: the latest if any, else start)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 

@@ -1,0 +1,289 @@
+"""The training objective: key-shifted faces far from the original identity, a UNet that stays a diffusion model.
+
+Per batch (see :func:`training_inputs` and :meth:`VeilModel.losses`):
+
+1. draw a fresh key and nonce per image (``SecretKey.generate`` / ``new_nonce``, or SHA-256
+   derived from ``objective.key_seed`` for reproducible runs; never torch's RNG);
+2. without gradients: encode, lift and invert the clean latents to the noise end with
+   ``objective.invert_scheme`` over ``objective.steps`` DDIM steps, using the current adapted UNet;
+3. inject the key inside the latent face mask (``scheme.rekey``, so the exact scheme's
+   partner latent is keyed as at inference);
+4. with gradients through the LoRA UNet: K = ``objective.grad_steps`` deterministic DDIM
+   steps (``ddim_move``) from the keyed noise. ``unroll: shortcut`` (default) takes K - 1
+   steps and then one DDIM move straight to the clean end, which is the DDIM x0-prediction:
+   the gradient reaches the high-noise steps, where the identity of the face is decided,
+   at the cost of K UNet calls. ``unroll: truncated`` runs the first steps - K steps
+   without gradients and back-propagates through the last K (truncated back-propagation):
+   an exact final image, gradients only for the low-noise steps. Each UNet call of the K
+   is checkpointed (``objective.checkpoint_steps``), so memory grows with K only by one
+   latent per step;
+5. decode with the frozen autoencoder and paste the original pixels back outside the mask.
+
+Losses (each weighted by the config and logged):
+- identity: relu(cos(ArcFace(anonymized), ArcFace(original)) - margin);
+- wrong key: the same for the face that recovery with a *wrong* key produces (its start is
+  the keyed noise under the wrong key's inverse), so a wrong key cannot bring the identity back;
+- prior: the standard denoising loss, eps-MSE at uniformly random timesteps on the clean
+  latents with the inpainting conditioning (torch's RNG);
+- perceptual: LPIPS(anonymized, original), keeping pose, expression and lighting.
+
+Exactness of recovery does not depend on the weights (the exact scheme inverts bit for bit
+whatever the UNet computes), so no loss is needed for it; the validation step measures it.
+
+All UNet calls, with and without gradients, go through :class:`VeilModel` -- the module that
+``accelerator.prepare`` wraps -- so DDP, FSDP and DeepSpeed see one forward per backward
+for the losses and sharded weights are gathered for the no-gradient calls too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce
+from faceveil.data.masks import latent_mask
+from faceveil.models.backbones import Backbone
+from faceveil.models.inversion import Scheme, ddim_move, make_scheme
+from faceveil.models.key_transforms import KeyTransform, apply_key, get_transform
+from faceveil.models.schedule import Schedule
+from faceveil.train.config_schema import ObjectiveSection
+
+LOSS_NAMES = ("identity", "wrong_key", "prior", "perceptual")
+
+
+@dataclass
+class Frozen:
+    """The frozen networks the objective uses; held outside the module tree so wrappers see only the UNet."""
+
+    backbone: Backbone
+    identity: nn.Module
+    lpips: nn.Module | None = None
+
+
+def build_lpips(net: str, backbone: str) -> nn.Module:
+    """LPIPS with the package's linear heads; the feature net pretrained (torchvision, downloaded once) or random."""
+    import lpips
+    from faceveil.errors import ConfigError
+
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
+            model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=backbone == "random", verbose=False)
+    except Exception as exc:  # noqa: BLE001 - torchvision download failures come in many types
+        raise ConfigError(
+            f"LPIPS ({net}) needs torchvision's ImageNet {net} weights, which could not be loaded ({exc.__class__.__name__}: "
+            f"{exc}); put them in ~/.cache/torch/hub/checkpoints, or set objective.perceptual_backbone=random "
+            "(offline, weak) or objective.perceptual_weight=0"
+        ) from None
+    model.eval().requires_grad_(False)
+    return model
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def draw_keys(n: int, key_seed: int | None = None, *coords: object) -> tuple[list[SecretKey], list[bytes]]:
+    """``n`` fresh (key, nonce) pairs: random, or SHA-256 of (key_seed, coords, i) when ``key_seed`` is set."""
+    if key_seed is None:
+        return [SecretKey.generate() for _ in range(n)], [new_nonce() for _ in range(n)]
+    keys, nonces = [], []
+    for i in range(n):
+        tag = "/".join(str(c) for c in (key_seed, *coords, i)).encode()
+        keys.append(SecretKey(hashlib.sha256(b"faceveil/train/key\0" + tag).digest()))
+        nonces.append(hashlib.sha256(b"faceveil/train/nonce\0" + tag).digest()[:NONCE_BYTES])
+    return keys, nonces
+
+
+def key_latents(z: torch.Tensor, mask: torch.Tensor, transform: KeyTransform, keys: list[SecretKey],
+                nonces: list[bytes], inverse: bool = False) -> torch.Tensor:
+    """Apply a per-image key (one key and nonce per image) inside the latent mask."""
+    return torch.cat([apply_key(z[i : i + 1], mask[i : i + 1], transform, keys[i], [nonces[i]], inverse) for i in range(len(keys))])
+
+
+# --------------------------------------------------------------------------- module
+
+
+class VeilModel(nn.Module):
+    """The UNet (with its LoRA adapter) plus the objective; the only trainable module.
+
+    ``forward("eps", z=, t=, cond=)`` is the noise prediction (used without gradients for
+    inversion and keying), ``forward("losses", ...)`` computes every loss.
+    """
+
+    def __init__(self, unet: nn.Module, frozen: Frozen, cfg: ObjectiveSection) -> None:
+        super().__init__()
+        self.unet = unet
+        self.frozen = frozen
+        self.cfg = cfg
+        self.bb = dataclasses.replace(frozen.backbone, unet=unet)
+        self.schedule = Schedule.from_scheduler(frozen.backbone.scheduler, cfg.steps)
+
+    # ------------------------------------------------------------ UNet calls
+    def unet_raw(self, z: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The UNet's raw output (eps or v) for a batch of per-sample timesteps."""
+        bb = self.bb
+        x = z.to(bb.dtype)
+        if bb.inpainting:
+            x = torch.cat([x, cond["mask"].to(bb.dtype), cond["masked_latents"].to(bb.dtype)], dim=1)
+        if bb.prompt_embeds is not None and "encoder_hidden_states" in _forward_params(self.unet):
+            return self.unet(x, timesteps, encoder_hidden_states=bb.prompt_embeds.expand(z.shape[0], -1, -1)).sample
+        return self.unet(x, timesteps).sample
+
+    def step_eps(self, x: torch.Tensor, level: int, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = self.schedule.timestep(level)
+        if self.cfg.checkpoint_steps and torch.is_grad_enabled():
+            return checkpoint(lambda z: self.bb.eps(z, t, cond), x, use_reentrant=False)
+        return self.bb.eps(x, t, cond)
+
+    def unroll(self, x: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Keyed noise (level N) -> clean-latent estimate, with gradients through K UNet calls."""
+        n, k, s = self.schedule.steps, self.cfg.grad_steps, self.schedule
+        if self.cfg.unroll == "shortcut":
+            moves = [(lv, lv - 1) for lv in range(n, n - k + 1, -1)] + [(n - k + 1, 0)]
+        else:
+            with torch.no_grad():
+                for lv in range(n, k, -1):
+                    x = ddim_move(x, self.bb.eps(x, s.timestep(lv), cond), s, lv, lv - 1)
+            moves = [(lv, lv - 1) for lv in range(k, 0, -1)]
+        for src, dst in moves:
+            x = ddim_move(x, self.step_eps(x, src, cond), s, src, dst)
+        return x
+
+    def faces(self, x_clean: torch.Tensor, images: torch.Tensor, mask_px: torch.Tensor) -> torch.Tensor:
+        decoded = self.bb.decode(x_clean).float().clamp(-1, 1)
+        return mask_px * decoded + (1 - mask_px) * images
+
+    def identity_cos(self, faces: torch.Tensor, landmarks: torch.Tensor | None, emb_orig: torch.Tensor) -> torch.Tensor:
+        emb = self.frozen.identity.embed(faces, landmarks, expect_grad=True)
+        return (emb.float() * emb_orig.float()).sum(-1)
+
+    def prior_loss(self, z0: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        sched = self.bb.scheduler
+        b = z0.shape[0]
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), device=z0.device)
+        noise = torch.randn_like(z0, dtype=torch.float32)
+        acp = sched.alphas_cumprod.to(z0.device, torch.float32)[t].view(b, 1, 1, 1)
+        z0 = z0.float()
+        zt = acp.sqrt() * z0 + (1 - acp).sqrt() * noise
+        if sched.config.prediction_type == "v_prediction":
+            target = acp.sqrt() * noise - (1 - acp).sqrt() * z0
+        else:
+            target = noise
+        return F.mse_loss(self.unet_raw(zt, t, cond).float(), target)
+
+    # ------------------------------------------------------------ forward
+    def forward(self, kind: str, **kw: Any) -> Any:
+        if kind == "eps":
+            return self.bb.eps(kw["z"], kw["t"], kw["cond"])
+        if kind == "losses":
+            return self.losses(**kw)
+        raise ValueError(f"unknown VeilModel call {kind!r}")
+
+    def losses(self, start: torch.Tensor, z0: torch.Tensor, cond: dict[str, torch.Tensor], images: torch.Tensor,
+               mask_px: torch.Tensor, landmarks: torch.Tensor | None, emb_orig: torch.Tensor,
+               wrong_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        out: dict[str, torch.Tensor] = {}
+        zero = start.new_zeros(())
+        anon = self.faces(self.unroll(start, cond), images, mask_px)
+        cos = self.identity_cos(anon, landmarks, emb_orig)
+        out["identity"] = F.relu(cos - c.identity_margin).mean()
+        out["identity_cos"] = cos.detach().mean()
+        if wrong_start is not None:
+            wrong = self.faces(self.unroll(wrong_start, cond), images, mask_px)
+            wcos = self.identity_cos(wrong, landmarks, emb_orig)
+            out["wrong_key"] = F.relu(wcos - c.wrong_key_margin).mean()
+            out["wrong_key_cos"] = wcos.detach().mean()
+        else:
+            out["wrong_key"] = zero
+        out["prior"] = self.prior_loss(z0, cond) if c.prior_weight > 0 else zero
+        if c.perceptual_weight > 0 and self.frozen.lpips is not None:
+            out["perceptual"] = self.frozen.lpips(anon.float(), images.float()).mean()
+        else:
+            out["perceptual"] = zero
+        out["loss"] = (
+            c.identity_weight * out["identity"]
+            + c.wrong_key_weight * out["wrong_key"]
+            + c.prior_weight * out["prior"]
+            + c.perceptual_weight * out["perceptual"]
+        )
+        return out
+
+
+_PARAMS_CACHE: dict[type, tuple[str, ...]] = {}
+
+
+def _forward_params(module: nn.Module) -> tuple[str, ...]:
+    import inspect
+
+    cls = type(module)
+    if cls not in _PARAMS_CACHE:
+        _PARAMS_CACHE[cls] = tuple(inspect.signature(cls.forward).parameters)
+    return _PARAMS_CACHE[cls]
+
+
+# --------------------------------------------------------------------------- per-batch inputs
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, H, W) in [-1, 1], float32
+    mask: torch.Tensor  # (B, 1, H, W) {0, 1}, float32
+    landmarks: torch.Tensor | None  # (B, 5, 2) pixels
+
+    @classmethod
+    def from_loader(cls, batch: dict[str, Any], device: torch.device, use_landmarks: bool = True) -> Batch:
+        lm = batch.get("landmarks5") if use_landmarks else None
+        return cls(
+            images=batch["image"].to(device, torch.float32),
+            mask=(batch["mask"] > 0.5).to(device, torch.float32),
+            landmarks=lm.to(device, torch.float32) if lm is not None else None,
+        )
+
+
+class Objective:
+    """Everything per batch that needs no gradients, then the losses through the wrapped model."""
+
+    def __init__(self, cfg: ObjectiveSection, frozen: Frozen, transform: str) -> None:
+        self.cfg = cfg
+        self.frozen = frozen
+        self.transform = get_transform(transform)
+        self.scheme: Scheme = make_scheme(cfg.invert_scheme, Schedule.from_scheduler(frozen.backbone.scheduler, cfg.steps))
+
+    @torch.no_grad()
+    def training_inputs(self, call: Callable[..., Any], batch: Batch, keys: list[SecretKey], nonces: list[bytes],
+                        wrong_keys: list[SecretKey] | None = None) -> dict[str, Any]:
+        """Encode, invert (current UNet), key; the keyword arguments of ``forward("losses", ...)``."""
+        bb = self.frozen.backbone
+        cond = bb.conditioning(batch.images, batch.mask)
+        z0 = bb.encode(batch.images).float()
+        eps = lambda z, t: call("eps", z=z, t=t, cond=cond)  # noqa: E731
+        mask_lat = latent_mask(batch.mask, bb.vae_factor) > 0
+        noise = self.scheme.invert(self.scheme.lift(z0, eps), eps)
+        keyed = self.scheme.rekey(noise, lambda z: key_latents(z, mask_lat, self.transform, keys, nonces), eps)
+        wrong_start = None
+        if wrong_keys is not None:
+            # Recovery with a wrong key: the keyed noise under the wrong key's inverse.
+            wrong = self.scheme.rekey(keyed, lambda z: key_latents(z, mask_lat, self.transform, wrong_keys, nonces, inverse=True), eps)
+            wrong_start = self.scheme.endpoint(wrong).float()
+        emb_orig = self.frozen.identity.embed(batch.images, batch.landmarks).float()
+        return dict(
+            start=self.scheme.endpoint(keyed).float(),
+            wrong_start=wrong_start,
+            z0=z0,
+            cond=cond,
+            images=batch.images,
+            mask_px=batch.mask,
+            landmarks=batch.landmarks,
+            emb_orig=emb_orig,
+        )
