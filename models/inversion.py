@@ -49,7 +49,6 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 
 class Scheme(ABC):
     name: str
-    halves: int
     state_dtype: torch.dtype
 
     def __init__(self, schedule: Schedule, progress: bool = False) -> None:
@@ -83,7 +82,6 @@ class Scheme(ABC):
 class DDIMScheme(Scheme):
     """Single-latent DDIM sampling; inversion plain (``iterations=0``) or fixed-point refined."""
 
-    halves = 1
     state_dtype = torch.float32
 
     def __init__(self, schedule: Schedule, iterations: int = 0, tol: float = 0.0, progress: bool = False) -> None:
@@ -129,7 +127,6 @@ class BDIAScheme(Scheme):
     """Exactly invertible coupled scheme (BDIA, gamma = 1) on a fixed-point lattice."""
 
     name = "exact"
-    halves = 2
     state_dtype = torch.float64
 
     def __init__(self, schedule: Schedule, lift_iterations: int = 10, progress: bool = False) -> None:

@@ -46,4 +46,8 @@ class Schedule:
         # DDIM's last move goes to t_1 - T/steps, which is "final_alpha_cumprod" when negative.
         prev = ts[0] - sched.config.num_train_timesteps // steps
         final = float(acp[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
-        return cls(tuple(ts), (final, *(float(acp[t]) for t in ts)))
+        alphas = (final, *(float(acp[t]) for t in ts))
+        if not all(0.0 < a <= 1.0 for a in alphas):
+            # Zero terminal SNR (alpha-bar = 0) makes the DDIM move undefined at the noise end.
+            raise ValueError("the schedule has an alpha-bar of 0 (zero terminal SNR); it is not supported")
+        return cls(tuple(ts), alphas)

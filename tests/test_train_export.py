@@ -27,13 +27,7 @@ FAST = ["anonymize.steps=6", "objective.steps=4", "data.batch_size=2", "data.val
         "output.validate_at_start=false", "train.max_steps=2", "objective.key_seed=0", "train.cpu_threads=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy-sized ops: one intra-op thread is as fast, and far faster on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

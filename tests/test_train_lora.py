@@ -11,13 +11,7 @@ from faceveil.train.lora import LORA_WEIGHTS, add_lora, load_lora, lora_config, 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy-sized ops: one intra-op thread is as fast, and far faster on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(unet, seed=0):

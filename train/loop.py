@@ -523,22 +523,31 @@ def _full_params(accelerator, model):  # noqa: ANN001
 # --------------------------------------------------------------------------- CLI
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The training command line, shared by train/finetune.py and 'faceveil train'."""
+    p.add_argument("--config", required=True, help="YAML config (e.g. configs/tiny.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.max_steps=200")
+    p.add_argument("--resume", metavar="latest|auto|STEP|DIR",
+                   help="continue from a checkpoint of output.run_dir (auto: the latest if any, else start)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
 def build_parser(prog: str = "finetune.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Fine-tune faceveil's LoRA adapters (identity shift, exact recovery). "
         "Run under 'accelerate launch' for several processes.",
     )
-    p.add_argument("--config", required=True, help="YAML config (e.g. configs/tiny.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.max_steps=200")
-    p.add_argument("--resume", metavar="latest|auto|STEP|DIR",
-                   help="continue from a checkpoint of output.run_dir (auto: the latest if any, else start)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_train_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "finetune.py") -> int:
-    args = build_parser(prog).parse_args(argv)
+    return run_parsed(build_parser(prog).parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run training for parsed :func:`add_train_arguments` options; the exit code."""
     try:
         cfg = load_train_config(args.config, args.overrides)
         if args.print_config:
