@@ -235,6 +235,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
     # ---------------------------------------------------------------- model
     set_seed(cfg.train.seed)  # the same on every process: LoRA init, random LPIPS / identity nets
     wdtype = weight_dtype(cfg)
+    if accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
+        # FSDP1 flattens each wrapped unit into one tensor of one dtype: frozen weights must match
+        # the fp32 LoRA weights (FSDP's own mixed precision still computes in bf16/fp16).
+        wdtype = torch.float32
     with accelerator.main_process_first():  # downloads, if any, once
         backbone = load_backbone(cfg.model.backbone, device=device, dtype=wdtype, local_files_only=cfg.model.local_files_only)
     if cfg.data.image_size % backbone.size_multiple:
@@ -507,6 +511,21 @@ def _full_params(accelerator, model):  # noqa: ANN001
 
     from accelerate import DistributedType
 
+    if accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator, "is_fsdp2", False):
+        from torch.distributed.fsdp import FSDPModule
+
+        @contextlib.contextmanager
+        def unsharded():
+            sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+            for m in sharded:
+                m.unshard()
+            try:
+                yield
+            finally:
+                for m in sharded:
+                    m.reshard()
+
+        return unsharded()
     if accelerator.distributed_type == DistributedType.FSDP:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
