@@ -218,3 +218,10 @@ def test_keygen_salt_rederives_the_same_key(tmp_path, monkeypatch, capsys):
     assert salt in capsys.readouterr().out
     assert main(["keygen", "-o", str(tmp_path / "b.key"), "--passphrase", "--salt", salt]) == 0
     assert load_key(tmp_path / "a.key") == load_key(tmp_path / "b.key")
+
+
+def test_demo_round_trips_a_bundled_photo(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--steps", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["background_identical"] and summary["psnr_recovered_vs_original_db"] == "inf"
+    assert summary["psnr_wrong_key_vs_original_db"] < 25

@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _db(value: float) -> float | str:
+    return round(value, 2) if value != float("inf") else "inf"  # strict JSON has no Infinity
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
@@ -60,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
         "photo": args.photo,
         "output": str(out),
         "background_identical": bool((anon[outside] == face[outside]).all()),
-        "psnr_anonymized_vs_original_db": round(psnr(anon, face), 2),
-        "psnr_recovered_vs_original_db": round(psnr(rec, face), 2),
-        "psnr_wrong_key_vs_original_db": round(psnr(bad, face), 2),
+        "psnr_anonymized_vs_original_db": _db(psnr(anon, face)),
+        "psnr_recovered_vs_original_db": _db(psnr(rec, face)),
+        "psnr_wrong_key_vs_original_db": _db(psnr(bad, face)),
     }
     print(json.dumps(summary, indent=2))
     return 0
