@@ -249,7 +249,8 @@ def ldm_ffhq_components_random(seed: int = 0) -> dict[str, Any]:
     return dict(unet=unet, vae=vae, scheduler=DDIMScheduler(**LDM_SCHEDULER), scaling_factor=1.0, prompt_embeds=None)
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The faceveil cache folder: $FACEVEIL_CACHE, else ~/.cache/faceveil."""
     return Path(os.environ.get("FACEVEIL_CACHE", Path.home() / ".cache" / "faceveil"))
 
 
@@ -265,7 +266,7 @@ def empty_prompt_embedding(source: str, local_files_only: bool = False) -> torch
     local = Path(source) / "prompt_embeds.safetensors"
     if local.is_file():
         return load_file(local)["prompt_embeds"]
-    cached = _cache_dir() / "prompt_embeds" / (re.sub(r"[^A-Za-z0-9_.-]+", "--", source) + ".safetensors")
+    cached = cache_dir() / "prompt_embeds" / (re.sub(r"[^A-Za-z0-9_.-]+", "--", source) + ".safetensors")
     if cached.is_file():
         return load_file(cached)["prompt_embeds"]
     from transformers import CLIPTextModel, CLIPTokenizer

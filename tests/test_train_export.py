@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from faceveil.models.backbones import build_backbone, file_sha256, load_backbone
 from faceveil.models.pipeline import Anonymizer, Settings, to_tensor, to_uint8
 from faceveil.train.checkpointing import ADAPTER_DIR
 from faceveil.train.config_schema import load_train_config
-from faceveil.train.export import export_run
+from faceveil.train.export import export_run, strict_json
 from faceveil.train.hub import LocalFolderApi, push_to_hub
 from faceveil.train.lora import LORA_WEIGHTS, load_lora
 from faceveil.train.loop import train
@@ -160,26 +162,149 @@ def test_tampered_adapter_is_refused(exported, tmp_path):
 
 
 class RecordingApi:
-    """An HfApi stand-in that records the calls push_to_hub makes."""
+    """An HfApi stand-in that binds each call to the real ``huggingface_hub.HfApi`` method's signature and records
+    the bound arguments: a keyword the real API does not take, or a missing required one, fails the bind."""
 
     def __init__(self):
         self.calls = []
 
-    def create_repo(self, repo_id, *, repo_type=None, private=None, exist_ok=False):
-        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok))
-        return f"https://huggingface.co/{repo_id}"
+    def _record(self, name, args, kwargs):
+        from huggingface_hub import HfApi
 
-    def upload_folder(self, *, repo_id, folder_path, repo_type=None, commit_message=None, **kwargs):
-        self.calls.append(("upload_folder", repo_id, Path(folder_path), repo_type))
-        return f"https://huggingface.co/{repo_id}/commit/abc"
+        bound = inspect.signature(getattr(HfApi, name)).bind(self, *args, **kwargs)
+        self.calls.append((name, {k: v for k, v in bound.arguments.items() if k != "self"}))
+
+    def create_repo(self, *args, **kwargs):
+        self._record("create_repo", args, kwargs)
+        return f"https://huggingface.co/{kwargs.get('repo_id', args[0] if args else None)}"
+
+    def upload_folder(self, *args, **kwargs):
+        self._record("upload_folder", args, kwargs)
+        return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc"
 
 
 def test_push_to_hub_calls(exported):
     api = RecordingApi()
     result = push_to_hub(exported, "someone/faceveil-tiny", api=api, private=True)
-    assert api.calls == [("create_repo", "someone/faceveil-tiny", "model", True, True),
-                         ("upload_folder", "someone/faceveil-tiny", exported, "model")]
+    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][1] == {"repo_id": "someone/faceveil-tiny", "repo_type": "model", "private": True, "exist_ok": True}
+    upload = api.calls[1][1]
+    assert set(upload) == {"repo_id", "folder_path", "repo_type", "commit_message"}
+    assert upload["repo_id"] == "someone/faceveil-tiny" and upload["repo_type"] == "model"
+    assert Path(upload["folder_path"]) == exported and upload["commit_message"]
     assert result.endswith("/commit/abc")
+
+
+def test_recording_api_rejects_what_the_real_api_rejects():
+    with pytest.raises(TypeError):
+        RecordingApi().create_repo("someone/x", no_such_argument=True)
+    with pytest.raises(TypeError):
+        RecordingApi().upload_folder("someone/x", folder_path=".")  # repo_id is keyword-only in HfApi
+
+
+# --------------------------------------------------------------------------- which numbers, which folders
+
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(run: Path, records: list[dict]) -> None:
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_export_publishes_the_validation_of_the_exported_step_only(run, tmp_path):
+    r = _copy_run(run, tmp_path / "run")
+    recs = _metrics(r)
+    own = [x for x in recs if x["step"] == 2 and "val/recovery_latent_error" in x]
+    assert own  # the run validated its last step
+    # Another segment validated other weights afterwards (and before): those numbers must not be published.
+    foreign = {"val/recovery_latent_error": 123.0, "val/identity_cos": 0.5}
+    _write_metrics(r, [{"step": 1, **foreign}, *recs, {"step": 7, **foreign}])
+    (r / "final.json").write_text(json.dumps({"step": 7, "wall_time_s": 4242.0}))
+    out = export_run(r, tmp_path / "a")
+    manifest = json.loads((out / "faceveil.json").read_text())
+    assert manifest["metrics"] == strict_json(own[-1])
+    card = (out / "README.md").read_text()
+    assert "Validation at step 2" in card and "123" not in card
+    assert "4242" not in card  # final.json belongs to a segment that ended at step 7
+    # No validation record at the exported step: none is published, and the card says so.
+    _write_metrics(r, [x for x in _metrics(r) if not (x["step"] == 2 and any(k.startswith("val/") for k in x))])
+    out = export_run(r, tmp_path / "b")
+    assert json.loads((out / "faceveil.json").read_text())["metrics"] == {}
+    card = (out / "README.md").read_text()
+    assert "No validation numbers were recorded at step 2" in card and "123" not in card
+
+
+def test_export_refuses_outputs_that_would_destroy_the_run(run, tmp_path):
+    r = _copy_run(run, tmp_path / "run")
+    before = sorted(str(p.relative_to(r)) for p in r.rglob("*"))
+    for out, what in ((r, "is the run directory"), (r / "checkpoints" / "x", "is inside the run directory"),
+                      (tmp_path, "contains the run directory")):
+        with pytest.raises(InputError, match=what) as err:
+            export_run(r, out, overwrite=True)
+        assert str(out) in str(err.value)
+    assert sorted(str(p.relative_to(r)) for p in r.rglob("*")) == before
+    # --overwrite replaces an earlier export only, never another folder or a file.
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "keep.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a faceveil export folder"):
+        export_run(r, other, overwrite=True)
+    assert (other / "keep.png").read_bytes() == b"x"
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    with pytest.raises(InputError, match="is not a folder") as err:
+        export_run(r, afile, overwrite=True)
+    assert str(afile) in str(err.value) and afile.read_text() == "x"
+    out = export_run(r, tmp_path / "exp")
+    (out / "stale.txt").write_text("x")
+    export_run(r, out, overwrite=True)
+    assert (out / "faceveil.json").is_file() and not (out / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp.")]
+
+
+def test_eval_json_errors_are_one_line_naming_the_file(run, tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(InputError, match="no such file") as err:
+        export_run(run, tmp_path / "a", eval_json=missing)
+    assert str(err.value).startswith(str(missing))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(InputError, match="not valid JSON") as err:
+        export_run(run, tmp_path / "a", eval_json=bad)
+    assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)
+    assert not (tmp_path / "a").exists()
+    from faceveil.cli import main
+
+    assert main(["export", str(run), "-o", str(tmp_path / "a"), "--eval-json", str(bad)]) == 2
+
+
+def test_model_card_keeps_evaluation_numbers_not_paths(run, tmp_path):
+    report = {
+        "name": "/home/alice/eval-run",
+        "config": {"key": "/home/alice/secret.key", "data": {"path": "/data/faces"}, "output": "/home/alice/out"},
+        "methods": {"ours": {"tar_at_far": 0.125, "folder": "/home/alice/out/ours", "ok": True},
+                    "blur": {"tar_at_far": 0.75}},
+        "security": {"wrong_key_psnr": float("inf")},
+        "notes": ["read /data/faces/x.png"],
+        "skipped_inputs": ["/data/faces/y.png"],
+    }
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(report, allow_nan=True))
+    out = export_run(run, tmp_path / "a", eval_json=path)
+    card, manifest_text = (out / "README.md").read_text(), (out / "faceveil.json").read_text()
+    for text in (card, manifest_text):
+        assert "/home/alice" not in text and "/data/faces" not in text and "secret.key" not in text
+    assert "| methods.ours.tar_at_far | 0.125 |" in card and "| methods.blur.tar_at_far | 0.75 |" in card
+    assert "security.wrong_key_psnr" in card
+    assert json.loads(manifest_text)["evaluation"] == {"methods": {"ours": {"tar_at_far": 0.125}, "blur": {"tar_at_far": 0.75}},
+                                                       "security": {"wrong_key_psnr": "inf"}}
 
 
 def test_push_to_local_folder_and_refusals(exported, tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from faceveil.train.checkpointing import ADAPTER_DIR, list_checkpoints, read_train_state
+from faceveil.errors import InputError
+from faceveil.train.checkpointing import ADAPTER_DIR, TRAIN_STATE, list_checkpoints, read_train_state
 from faceveil.train.config_schema import load_train_config
 from faceveil.train.lora import LORA_WEIGHTS
 from faceveil.train.loop import FINAL_FILE, METRICS_FILE, read_jsonl, train
@@ -30,9 +33,9 @@ FAST = [
     "output.progress=false",
     "output.log_every=1",
     "output.validate_every=1000",
-    "objective.key_seed=0",
     "train.cpu_threads=1",
-]
+]  # no objective.key_seed: the default random per-run key seed, which a resume must reuse
+STRAIGHT = ["train.max_steps=4", "output.checkpoint_every=1", "output.keep_checkpoints=2"]
 
 
 def config(run_dir: Path, *extra: str):
@@ -55,7 +58,7 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
-    result = train(config(run_dir, "train.max_steps=4", "output.checkpoint_every=1", "output.keep_checkpoints=2"))
+    result = train(config(run_dir, *STRAIGHT))
     return run_dir, result
 
 
@@ -99,24 +102,97 @@ def test_run_leaves_checkpoints_logs_grid_and_config(straight):
     assert final["step"] == 4 and final["world_size"] == 1
 
 
+def resumed_from(run_a: Path, name: str, run_dir: Path, *extra: str, state: dict | None = None):
+    """Continue ``run_a``'s checkpoint ``name`` (copied, optionally with train_state.json edited) in ``run_dir``."""
+    ckpt = shutil.copytree(run_a / "checkpoints" / name, run_dir / "checkpoints" / name)
+    if state:
+        st = read_train_state(ckpt)
+        (ckpt / TRAIN_STATE).write_text(json.dumps({**st, **state}))
+    return train(config(run_dir, *STRAIGHT, *extra), resume="latest")
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_continues_identically(straight, tmp_path):
+    """No objective.key_seed: the run's random key seed comes back from the checkpoint, so the continuation is
+    bit-identical to the uninterrupted run (same keys, data position, RNG, optimizer and LR state)."""
     run_a, _ = straight
     run_b = tmp_path / "resumed"
+    second = resumed_from(run_a, "step-000003", run_b)
+    assert second.step == 4 and second.stopped_by is None
+    a4, b4 = adapter(run_a / "checkpoints" / "step-000004"), adapter(run_b / "checkpoints" / "step-000004")
+    assert same_tensors(a4, b4)
+    la, lb = losses_by_step(run_a), losses_by_step(run_b)
+    assert la[4] == lb[4], (la, lb)
+    sa, sb = (read_train_state(r / "checkpoints" / "step-000004") for r in (run_a, run_b))
+    assert sb["batches"] == 4 and sa["key_seed"] == sb["key_seed"]
+    # The comparison has teeth: starting the data stream afresh on resume gives other weights.
+    run_c = tmp_path / "reseeded"
+    resumed_from(run_a, "step-000003", run_c, "data.resume=reseed")
+    c4 = adapter(run_c / "checkpoints" / "step-000004")
+    assert max_diff(a4, c4) > 1e-4
+    # A checkpoint from another world size cannot replay its stream: the run warns and reseeds.
+    run_d = tmp_path / "other-world"
+    with _captured("faceveil.train") as logs:
+        resumed_from(run_a, "step-000003", run_d, state={"world_size": 2})
+    assert "NOT equivalent" in logs.text and "reseed" in logs.text
+    assert same_tensors(c4, adapter(run_d / "checkpoints" / "step-000004"))
+
+
+def test_stop_and_resume_keep_the_key_seed_private(tmp_path):
+    run_b = tmp_path / "stopped"
     first = train(config(run_b, "train.max_steps=4", "train.stop_at_step=2"))
     assert first.step == 2 and first.stopped_by == "train.stop_at_step"
     assert [p.name for p in list_checkpoints(run_b)] == ["step-000002"]
     second = train(config(run_b, "train.max_steps=4", "train.stop_at_step=2"), resume="latest")
     assert second.step == 4 and second.stopped_by is None
-    a4, b4 = adapter(run_a / "checkpoints" / "step-000004"), adapter(run_b / "checkpoints" / "step-000004")
-    assert max_diff(a4, b4) <= 1e-6
-    la, lb = losses_by_step(run_a), losses_by_step(run_b)
-    assert all(abs(la[s] - lb[s]) <= 1e-5 for s in (1, 2, 3, 4)), (la, lb)
-    assert read_train_state(run_b / "checkpoints" / "step-000004")["batches"] == 4
-    # The comparison has teeth: starting the data stream afresh on resume gives other weights.
-    run_c = tmp_path / "reseeded"
-    train(config(run_c, "train.max_steps=4", "train.stop_at_step=2", "data.resume=reseed"))
-    train(config(run_c, "train.max_steps=4", "data.resume=reseed"), resume="latest")
-    assert max_diff(a4, adapter(run_c / "checkpoints" / "step-000004")) > 1e-4
+    s2, s4 = (read_train_state(run_b / "checkpoints" / n) for n in ("step-000002", "step-000004"))
+    assert s4["batches"] == 4 and s4["num_workers"] == 0
+    seed = s2["key_seed"]
+    assert seed == s4["key_seed"] and len(seed) == 64 and int(seed, 16) > 0
+    # The seed lives in train_state.json only: not in config.yaml, metrics, tensorboard, final.json, samples.
+    needles = (seed.encode(), str(int(seed, 16)).encode(), seed.lstrip("0").encode())
+    for f in run_b.rglob("*"):
+        if f.is_file() and f.name != TRAIN_STATE:
+            data = f.read_bytes()
+            assert not any(n in data for n in needles), f
+    assert "key_seed" not in (run_b / "config.yaml").read_text().replace("key_seed: null", "")
+    # A fresh run draws another seed.
+    other = tmp_path / "other"
+    train(config(other, "train.max_steps=1"))
+    assert read_train_state(other / "checkpoints" / "step-000001")["key_seed"] != seed
+
+
+def test_resume_with_another_lora_rank_is_one_clear_error(straight, tmp_path):
+    run_a, _ = straight
+    with pytest.raises(InputError) as err:
+        resumed_from(run_a, "step-000004", tmp_path / "r4", "lora.rank=4", "train.max_steps=5")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "r4" / "checkpoints" / "step-000004" / ADAPTER_DIR / LORA_WEIGHTS) in msg
+    assert "shape" in msg and "lora.rank" in msg
+
+
+class _captured:
+    """Collect a logger's records (the run's logger does not propagate to pytest's caplog handler reliably)."""
+
+    def __init__(self, name: str) -> None:
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append  # type: ignore[method-assign]
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.getMessage() for r in self.records)
 
 
 def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:

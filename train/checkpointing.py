@@ -8,9 +8,13 @@ own sharded model files) except the frozen UNet weights, plus:
   (also what ``faceveil export`` publishes);
 - ``train_state.json``: step, micro-batches consumed (the data position), images seen.
 
-A checkpoint is written to ``.tmp-step-XXXXXX`` and renamed when complete, so a
-crash never leaves a half checkpoint under a real name; only the newest
-``keep`` checkpoints are kept.
+A checkpoint is written to ``.tmp-step-XXXXXX``, its files fsynced, and renamed when
+complete, so a crash never leaves a half checkpoint under a real name. A checkpoint
+of the same step that already exists is first renamed aside (``.old-step-XXXXXX``),
+the new one renamed in, and only then the old one deleted: at every moment one
+complete checkpoint of that step exists under one of the two names (a left-over
+``.old-`` folder whose real name is missing is renamed back on the next save). Only
+the newest ``keep`` checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from faceveil.errors import ConfigError
+from faceveil.errors import ConfigError, InputError
 
 CHECKPOINTS = "checkpoints"
 TRAIN_STATE = "train_state.json"
@@ -76,7 +80,20 @@ def resolve_resume(run_dir: str | os.PathLike[str], which: str | None) -> Path |
 
 
 def read_train_state(ckpt: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / TRAIN_STATE).read_text())
+    """A checkpoint's training state; an unreadable or corrupt file is an :class:`InputError` naming it."""
+    path = Path(ckpt) / TRAIN_STATE
+    try:
+        state = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the checkpoint's training state ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt training state, not valid JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: corrupt training state, expected a JSON object")
+    for key in ("step", "batches", "images"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            raise InputError(f"{path}: corrupt training state, {key!r} is missing or not a non-negative integer")
+    return state
 
 
 def _fsync_dir(path: Path) -> None:
@@ -90,6 +107,31 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then the folders (deepest first), so a rename publishes durable data."""
+    dirs = []
+    for dirpath, _, filenames in os.walk(folder):
+        dirs.append(Path(dirpath))
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                continue
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in reversed(dirs):
+        _fsync_dir(d)
+
+
+def _restore_or_drop_old(root: Path) -> None:
+    """``.old-step-N`` folders: deleted when ``step-N`` exists, renamed back when it does not (a crash mid-swap)."""
+    for old in root.glob(".old-step-*"):
+        real = root / old.name[len(".old-"):]
+        if real.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, real)
 
 
 def save_checkpoint(accelerator, run_dir: str | os.PathLike[str], step: int, state: dict[str, Any],  # noqa: ANN001
@@ -108,10 +150,14 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike[str], step: int, sta
         (tmp / TRAIN_STATE).write_text(json.dumps(dict(state, step=step), indent=2) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _fsync_tree(tmp)
+        _restore_or_drop_old(root)
+        aside = root / f".old-{final.name}"
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, aside)  # the old checkpoint stays complete under another name until the new one is in
         os.replace(tmp, final)
         _fsync_dir(root)
+        shutil.rmtree(aside, ignore_errors=True)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(".tmp-step-*"):

@@ -108,8 +108,10 @@ class ObjectiveSection:
     # Recovery with a wrong key must not bring the identity back: relu(cos(wrong-key recovery, original) - margin).
     wrong_key_weight: float = 0.5
     wrong_key_margin: float = 0.0
-    # None: training keys and nonces from os.urandom. An int: derived with SHA-256 from
-    # (seed, step, rank, micro-batch, image), for reproducible runs and tests (never torch's RNG).
+    # Keys and nonces are derived with SHA-256 from (seed, rank, micro-batch, image), never torch's RNG.
+    # None: the seed is drawn once per run from os.urandom and kept only in the checkpoints'
+    # train_state.json (never in config.yaml or the logs), so --resume continues bit for bit.
+    # An int: a fixed seed, for runs reproducible from scratch (tests).
     key_seed: int | None = None
 
 

@@ -38,14 +38,54 @@ EXPORT_VERSION = 1
 PROMPT_EMBEDS = "prompt_embeds.safetensors"
 
 
-def _latest_val(run_dir: Path) -> dict[str, Any]:
+def _val_at(run_dir: Path, step: Any) -> dict[str, Any]:
+    """The validation record of ``step`` (the exported checkpoint's) in metrics.jsonl, or {} when none was made.
+
+    Never another step's: those numbers describe other weights. (A step validated twice -- a run resumed
+    from an earlier checkpoint -- gives the last record, the one that belongs to the weights saved last.)
+    """
     from faceveil.train.loop import METRICS_FILE, read_jsonl
 
+    path = run_dir / METRICS_FILE
+    try:
+        records = read_jsonl(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable metrics log ({exc})") from None
     val: dict[str, Any] = {}
-    for rec in read_jsonl(run_dir / METRICS_FILE):
-        if any(k.startswith("val/") for k in rec):
+    for rec in records:
+        if isinstance(rec, dict) and rec.get("step") == step and any(k.startswith("val/") for k in rec):
             val = rec
     return val
+
+
+def _read_eval_json(path: Path) -> Any:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: --eval-json: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: --eval-json: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: --eval-json: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: --eval-json: expected a JSON object (a 'faceveil evaluate' metrics.json)")
+    return doc
+
+
+def _check_output(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an -o that would overwrite the run or anything that is not an export folder."""
+    r, o = run_dir.resolve(), out.resolve()
+    if o == r or o in r.parents or r in o.parents:
+        what = "is" if o == r else ("contains" if o in r.parents else "is inside")
+        raise InputError(f"{out}: the export folder {what} the run directory {run_dir}; choose an -o outside it")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise InputError(f"{out}: exists and is not a folder; choose another -o")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out}: exists and is not empty; use --overwrite or another -o")
+        if not (out / EXPORT_MANIFEST).is_file():
+            raise InputError(f"{out}: not a faceveil export folder (no {EXPORT_MANIFEST}); --overwrite only replaces "
+                             "an earlier export, choose another -o")
 
 
 def _data_summary(shards: str, image_size: int) -> dict[str, Any]:
@@ -76,7 +116,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     from faceveil.train.config_schema import load_train_config
     from faceveil.train.lora import LORA_WEIGHTS, read_lora_file
     from faceveil.train.loop import CONFIG_FILE, FINAL_FILE
-    from faceveil.train.model_card import render_model_card
+    from faceveil.train.model_card import evaluation_metrics, render_model_card
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
@@ -85,14 +125,18 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     weights = ckpt / ADAPTER_DIR / LORA_WEIGHTS
     cfg_path = ckpt / CONFIG_FILE if (ckpt / CONFIG_FILE).is_file() else run_dir / CONFIG_FILE
     cfg = load_train_config(cfg_path)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: exists and is not empty; use --overwrite or another -o")
+    _check_output(run_dir, out, overwrite)
     _, lora_meta = read_lora_file(weights)
     state = read_train_state(ckpt)
-    final = {}
+    final: dict[str, Any] = {}
     if (run_dir / FINAL_FILE).is_file():
-        final = json.loads((run_dir / FINAL_FILE).read_text())
-    evaluation = json.loads(Path(eval_json).read_text()) if eval_json else None
+        try:
+            final = json.loads((run_dir / FINAL_FILE).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"{run_dir / FINAL_FILE}: unreadable run summary ({exc})") from None
+        if not isinstance(final, dict) or final.get("step") != state.get("step"):
+            final = {}  # the summary of a segment that ended at another step: not these weights'
+    evaluation = evaluation_metrics(_read_eval_json(Path(eval_json))) if eval_json else None
     base = load_backbone(cfg.model.backbone, local_files_only=cfg.model.local_files_only)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +171,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 "identity_network": cfg.model.identity,
                 "data": _data_summary(cfg.data.shards, cfg.data.image_size),
             },
-            "metrics": {k: v for k, v in _latest_val(run_dir).items()},
+            "metrics": _val_at(run_dir, state.get("step")),
             "evaluation": evaluation,
             "merged_unet": "unet" if merge else None,
         }
@@ -136,9 +180,19 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         (tmp / "README.md").write_text(render_model_card(manifest, cfg, final))
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(strict_json(manifest), indent=2, allow_nan=False) + "\n")
         _publishable_modes(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _check_output(run_dir, out, overwrite)  # again: nothing may have appeared there meanwhile
+        aside = None
+        if out.is_dir() and any(out.iterdir()):
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, aside / out.name)  # the earlier export, kept whole until the new one is in place
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if aside is not None and not out.exists():
+                os.replace(aside / out.name, out)  # put the earlier export back
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -16,6 +16,23 @@ The run directory (``output.run_dir``) receives:
 - ``checkpoints/step-XXXXXX/``: the last ``output.keep_checkpoints`` checkpoints;
 - ``final.json``: the summary of the last run segment.
 
+``config.yaml`` and ``final.json`` are written atomically (temp file, fsync, rename).
+
+Training keys: with ``objective.key_seed`` unset, one random 256-bit key-derivation seed is
+drawn per run (``os.urandom``, on the main process, shared with the others) and every key
+and nonce is derived from it and the batch coordinates. It is stored in the checkpoints'
+``train_state.json`` only -- never in ``config.yaml``, ``metrics.jsonl``, tensorboard,
+``final.json`` or an export -- so ``--resume`` draws the same keys as an uninterrupted run.
+(It derives training keys only; no anonymized file is ever keyed with it.)
+
+Resume (``--resume``) continues bit for bit -- weights, optimizer, LR schedule, RNG, data
+position (``data.resume: skip``) and keys -- when the process count (world size) and
+``data.num_workers`` are those of the run that wrote the checkpoint: the data stream is
+split by process and worker, so a different count gives a different stream. When either
+differs, the run warns and resumes the data with ``reseed`` (a fresh stream seeded by the
+step: statistically equivalent, not identical). A checkpoint whose LoRA tensors do not fit
+this config's adapter (``lora.rank``, targets) is refused with one line naming the file.
+
 SIGTERM / SIGINT: the current step finishes, a checkpoint is saved, the run exits
 with status 0 (``--resume latest`` continues). A second signal stops at once.
 """
@@ -38,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faceveil.errors import ConfigError, FaceveilError
+from faceveil.errors import ConfigError, FaceveilError, InputError
 from faceveil.train.config_schema import SAMPLE_SHARDS, TrainConfig, config_yaml, flat_hparams, load_train_config
 
 logger = logging.getLogger("faceveil.train")
@@ -77,11 +94,9 @@ class StopFlag:
         self._previous.clear()
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FACEVEIL_CACHE", Path.home() / ".cache" / "faceveil"))
-
-
 def sample_shards_dir(image_size: int) -> Path:
+    from faceveil.models.backbones import cache_dir
+
     return cache_dir() / "sample-shards" / f"{image_size}px"
 
 
@@ -227,8 +242,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if main:
+        from faceveil.data.images import atomic_write
+
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(config_yaml(cfg))
+        yaml_text = config_yaml(cfg)
+        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(yaml_text))
         logger.info("run %s: %d process(es), %s, mixed precision %s", run_dir, world, accelerator.distributed_type,
                     cfg.train.mixed_precision)
 
@@ -285,7 +303,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
             return  # FSDP / DeepSpeed restore their own (sharded) model files
         while models:
             m = models.pop()
-            set_lora_weights(accelerator.unwrap_model(m).unet, read_lora_file(Path(input_dir) / ADAPTER_DIR / LORA_WEIGHTS)[0])
+            weights_file = Path(input_dir) / ADAPTER_DIR / LORA_WEIGHTS
+            set_lora_weights(accelerator.unwrap_model(m).unet, read_lora_file(weights_file)[0], source=weights_file)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -299,11 +318,26 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
     # ---------------------------------------------------------------- state
     step, batches, images_seen = 0, 0, 0
     data_seed = cfg.train.seed
+    data_resume = cfg.data.resume
+    run_key_seed: int | None = None  # the per-run key-derivation seed when objective.key_seed is unset
     if resume_ckpt is not None:
         st = read_train_state(resume_ckpt)
         step, batches, images_seen = int(st["step"]), int(st["batches"]), int(st["images"])
-        if cfg.data.resume == "reseed":
+        data_resume = _data_resume_mode(cfg, st, world, resume_ckpt, main)
+        if data_resume == "reseed":
             data_seed = int.from_bytes(hashlib.sha256(f"{cfg.train.seed}/{step}".encode()).digest()[:4], "little")
+        if cfg.objective.key_seed is None:
+            run_key_seed = _saved_key_seed(st, resume_ckpt)
+            if run_key_seed is None and main:
+                logger.warning("%s holds no training key seed (an older checkpoint): drawing a new one; the "
+                               "continuation is not bit-identical to an uninterrupted run", resume_ckpt)
+    if cfg.objective.key_seed is None and run_key_seed is None:
+        run_key_seed = int.from_bytes(os.urandom(32), "little")
+        if world > 1:  # one seed for the run: the main process's
+            from accelerate.utils import broadcast_object_list
+
+            run_key_seed = broadcast_object_list([run_key_seed])[0]
+    key_seed = cfg.objective.key_seed if cfg.objective.key_seed is not None else run_key_seed
 
     # ---------------------------------------------------------------- data
     shards = resolve_shards(cfg.data.shards, cfg.data.image_size, accelerator)
@@ -318,7 +352,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
                              latent_factor=backbone.vae_factor, shuffle=cfg.data.shuffle, resampled=True,
                              num_workers=cfg.data.num_workers, seed=data_seed, drop_last=True)
         data_iter = iter(loader)
-        if resume_ckpt is not None and cfg.data.resume == "skip":
+        if resume_ckpt is not None and data_resume == "skip":
             for _ in range(batches):  # replay the stream to the saved position
                 next(data_iter)
         if main or sharded:
@@ -364,7 +398,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
 
     def checkpoint(at: int) -> Path:
         lora_sd = gather_lora()
-        state = {"batches": batches, "images": images_seen, "world_size": world, "data_seed": data_seed}
+        state = {"batches": batches, "images": images_seen, "world_size": world, "num_workers": cfg.data.num_workers,
+                 "data_seed": data_seed}
+        if run_key_seed is not None:
+            state[KEY_SEED_STATE] = f"{run_key_seed:064x}"  # training-key derivation only; never logged
 
         def write_adapter(folder: Path) -> None:
             save_lora(folder, lora_sd, lcfg)
@@ -405,10 +442,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
                 first_digest = int.from_bytes(hashlib.sha256("\n".join(raw["key"]).encode()).digest()[:7], "little")
             batch = Batch.from_loader(raw, device, cfg.model.identity_landmarks)
             n = batch.images.shape[0]
-            keys, nonces = draw_keys(n, cfg.objective.key_seed, "key", rank, batches)
+            keys, nonces = draw_keys(n, key_seed, "key", rank, batches)
             wrong_keys = None
             if cfg.objective.wrong_key_weight > 0:
-                wrong_keys = draw_keys(n, cfg.objective.key_seed, "wrong", rank, batches)[0]
+                wrong_keys = draw_keys(n, key_seed, "wrong", rank, batches)[0]
             with accelerator.accumulate(model):
                 inputs = objective.training_inputs(model, batch, keys, nonces, wrong_keys)
                 out = model("losses", **inputs)
@@ -497,12 +534,48 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
     if main:
         from faceveil.train.export import strict_json
 
-        (run_dir / FINAL_FILE).write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n")
+        from faceveil.data.images import atomic_write
+
+        final_text = json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n"
+        atomic_write(run_dir / FINAL_FILE, lambda tmp: tmp.write_text(final_text))
         logger.info("done: step %d in %.1f s; run dir %s", step, summary["wall_time_s"], run_dir)
     accelerator.end_training()
     return TrainResult(run_dir=run_dir, step=step, stopped_by=stopped_by, checkpoint=last_ckpt,
                        train_metrics=history.get("train", {}), val_metrics=history.get("val", {}),
                        first_val_metrics=history.get("first_val", {}), summary=summary)
+
+
+def _data_resume_mode(cfg: TrainConfig, state: dict[str, Any], world: int, ckpt: Path, main: bool) -> str:
+    """``data.resume``, or ``reseed`` when the checkpoint's world size or data.num_workers differ from this run's
+    (the stream is split by process and worker: replaying it would not reproduce the saved position)."""
+    differ = []
+    saved_world = state.get("world_size")
+    if saved_world is not None and int(saved_world) != world:
+        differ.append(f"world size {saved_world} -> {world}")
+    saved_workers = state.get("num_workers")
+    if saved_workers is not None and int(saved_workers) != cfg.data.num_workers:
+        differ.append(f"data.num_workers {saved_workers} -> {cfg.data.num_workers}")
+    if not differ:
+        return cfg.data.resume
+    if main:
+        logger.warning("resuming %s with %s: the data stream is split by process and worker, so this continuation "
+                       "is NOT equivalent to an uninterrupted run%s", ckpt, ", ".join(differ),
+                       "; data.resume switched from skip to reseed (a fresh stream seeded by the step)"
+                       if cfg.data.resume == "skip" else "")
+    return "reseed"
+
+
+KEY_SEED_STATE = "key_seed"
+
+
+def _saved_key_seed(state: dict[str, Any], ckpt: Path) -> int | None:
+    raw = state.get(KEY_SEED_STATE)
+    if raw is None:
+        return None
+    try:
+        return int(str(raw), 16)
+    except ValueError:
+        raise InputError(f"{ckpt / 'train_state.json'}: corrupt training state, {KEY_SEED_STATE!r} is not hex") from None
 
 
 def _full_params(accelerator, model):  # noqa: ANN001

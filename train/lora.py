@@ -127,24 +127,33 @@ def config_from_metadata(meta: dict[str, Any]):  # -> peft.LoraConfig
     return LoraConfig(**{k: v for k, v in meta.items() if k in keep})
 
 
-def set_lora_weights(unet: nn.Module, peft_sd: dict[str, torch.Tensor]) -> None:
-    """Copy peft-named LoRA tensors into ``unet``'s existing adapter; every tensor must land."""
+def set_lora_weights(unet: nn.Module, peft_sd: dict[str, torch.Tensor], source: str | os.PathLike[str] | None = None) -> None:
+    """Copy peft-named LoRA tensors into ``unet``'s existing adapter; every tensor must land, with its shape.
+
+    Nothing is copied unless all fit; ``source`` (the weights file) names the error.
+    """
     params = dict(unet.named_parameters())
     tag = f".{ADAPTER_NAME}."
-    missing = []
-    with torch.no_grad():
-        for k, v in peft_sd.items():
-            stem, _, leaf = k.rpartition(".")
-            base, _, kind = stem.rpartition(".")  # ....to_q, lora_A
-            name = f"{base}.{kind}{tag}{leaf}"
-            if name not in params:
-                missing.append(k)
-                continue
-            params[name].copy_(v.to(params[name].dtype))
+    where = f"{source}: " if source is not None else ""
+    missing, targets = [], {}
+    for k, v in peft_sd.items():
+        stem, _, leaf = k.rpartition(".")
+        base, _, kind = stem.rpartition(".")  # ....to_q, lora_A
+        name = f"{base}.{kind}{tag}{leaf}"
+        if name not in params:
+            missing.append(k)
+            continue
+        if tuple(v.shape) != tuple(params[name].shape):
+            raise InputError(f"{where}LoRA tensor {k} has shape {tuple(v.shape)}, the model's adapter expects "
+                             f"{tuple(params[name].shape)} (a different lora.rank or targets than the weights were trained with?)")
+        targets[name] = v
     expected = sum(1 for n in params if ".lora_" in n)
     if missing or expected != len(peft_sd):
-        raise InputError(f"LoRA weights do not match the model's adapter ({len(missing)} unknown tensors, "
+        raise InputError(f"{where}LoRA weights do not match the model's adapter ({len(missing)} unknown tensors, "
                          f"{len(peft_sd)} given, {expected} expected)")
+    with torch.no_grad():
+        for name, v in targets.items():
+            params[name].copy_(v.to(params[name].dtype))
 
 
 def load_lora(unet: nn.Module, path: str | os.PathLike[str], config=None) -> None:  # noqa: ANN001
@@ -155,5 +164,5 @@ def load_lora(unet: nn.Module, path: str | os.PathLike[str], config=None) -> Non
             raise InputError(f"{path}: no LoRA config in the file's metadata; pass it explicitly")
         config = config_from_metadata(meta)
     add_lora(unet, config)
-    set_lora_weights(unet, peft_sd)
+    set_lora_weights(unet, peft_sd, source=path)
     unet.requires_grad_(False)

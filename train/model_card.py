@@ -25,6 +25,34 @@ METRIC_NAMES = {
 }
 
 
+# The sections of a 'faceveil evaluate' metrics.json that hold measurements. Everything else (its
+# config with local paths and key file, notes, skipped inputs, names) never reaches an export.
+EVAL_METRIC_SECTIONS = ("data", "clean", "methods", "diversity", "security", "nonce_scan")
+_NON_FINITE = ("inf", "-inf", "nan")
+
+
+def _numbers_only(d: Any) -> Any:
+    """``d`` with every leaf that is not a number dropped (strings, paths, booleans, nulls); None if nothing is left."""
+    if isinstance(d, dict):
+        kept = {str(k): v for k, v in ((k, _numbers_only(v)) for k, v in d.items()) if v is not None}
+        return kept or None
+    if isinstance(d, bool):
+        return None
+    if isinstance(d, (int, float)) or d in _NON_FINITE:
+        return d
+    return None
+
+
+def evaluation_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The measured numbers of an evaluation report: its metric sections, numeric leaves only (lists dropped)."""
+    out = {}
+    for section in EVAL_METRIC_SECTIONS:
+        kept = _numbers_only(report.get(section))
+        if isinstance(kept, dict):
+            out[section] = kept
+    return out
+
+
 def _fmt(v: Any) -> str:
     if v == "inf":
         return "inf (bit-identical)"
@@ -111,10 +139,11 @@ def render_model_card(manifest: dict[str, Any], cfg: TrainConfig, final: dict[st
                 lines.append(f"| {desc} | {_fmt(metrics[k])} |")
         lines.append("")
     else:
-        lines += ["No validation numbers were recorded.", ""]
+        lines += [f"No validation numbers were recorded at step {tr.get('step')}, the exported checkpoint's step "
+                  "(validation at other steps measured other weights and is not reported here).", ""]
     if manifest.get("evaluation"):
         lines += ["Evaluation report (`faceveil evaluate`):", "", "| metric | value |", "|---|---|"]
-        for k, v in _flatten(manifest["evaluation"]).items():
+        for k, v in _flatten(evaluation_metrics(manifest["evaluation"])).items():
             lines.append(f"| {k} | {_fmt(v)} |")
         lines.append("")
     if base_name == "tiny":

@@ -2,8 +2,9 @@
 
 Per batch (see :func:`training_inputs` and :meth:`VeilModel.losses`):
 
-1. draw a fresh key and nonce per image (``SecretKey.generate`` / ``new_nonce``, or SHA-256
-   derived from ``objective.key_seed`` for reproducible runs; never torch's RNG);
+1. draw a fresh key and nonce per image: SHA-256 derived from a seed and the batch coordinates
+   (``objective.key_seed``, or when unset a random per-run seed the training loop draws once
+   and keeps in its checkpoints, so a resumed run draws the same keys); never torch's RNG;
 2. without gradients: encode, lift and invert the clean latents to the noise end with
    ``objective.invert_scheme`` over ``objective.steps`` DDIM steps, using the current adapted UNet;
 3. inject the key inside the latent face mask (``scheme.rekey``, so the exact scheme's
