@@ -9,12 +9,15 @@ empty, the run generates a throw-away evaluation key in its run folder.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from faceveil.config import load_config
 from faceveil.errors import ConfigError
+from faceveil.models.settings import SCHEMES, TRANSFORMS
 
 METHODS: tuple[str, ...] = ("ours", "ours-adapters", "published", "blur", "pixelate", "blackbox")
 
@@ -160,12 +163,72 @@ class EvalConfig:
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
 
 
+DATA_SOURCES: tuple[str, ...] = ("sample-set", "shards", "folder", "aligned")
+FACE_POLICIES: tuple[str, ...] = ("largest", "all", "single")  # faceveil.data.extract.FACE_POLICIES
+EVAL_DETECTORS: tuple[str, ...] = ("dlib", "insightface")  # the ``precomputed`` detector needs a landmark file
+INCEPTION_DIMS: tuple[str, ...] = ("64", "192", "768", "2048")
+
+
+def parse_feature_spec(spec: str) -> tuple[str, str]:
+    """Check an FID/KID feature network spec (see ``FidConfig``) and split it into (kind, argument).
+
+    Files must exist and ``module:`` factories must import; the network itself is built later
+    (``faceveil.evaluate.metrics.feature_network``). Raises ``ConfigError`` naming the key.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"metrics.fid.feature must be a string, got {spec!r}")
+    if spec == "inception":
+        return "inception", "2048"
+    if spec.startswith("inception:"):
+        dims = spec.partition(":")[2]
+        if dims not in INCEPTION_DIMS:
+            raise ConfigError(f"metrics.fid.feature {spec!r}: InceptionV3 features are {', '.join(INCEPTION_DIMS)}")
+        return "inception", dims
+    if spec == "tiny":
+        return "tiny", ""
+    if spec.startswith(("torchscript:", "exported:")):
+        kind, _, rest = spec.partition(":")
+        path = Path(rest).expanduser()
+        if not rest or not path.is_file():
+            raise ConfigError(f"metrics.fid.feature {spec!r}: {path}: no such {kind} feature network")
+        return kind, rest
+    if spec.startswith("module:"):
+        target = spec.partition(":")[2]
+        mod_name, _, attr = target.partition(":")
+        if not mod_name or not attr:
+            raise ConfigError(f"metrics.fid.feature {spec!r}: use module:<pkg.mod>:<factory>")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"metrics.fid.feature {spec!r}: {exc}") from None
+        if not callable(factory):
+            raise ConfigError(f"metrics.fid.feature {spec!r}: {attr} is not callable")
+        return "module", target
+    raise ConfigError(
+        f"metrics.fid.feature {spec!r}: use inception[:DIMS], tiny, exported:<path>, torchscript:<path> or module:<pkg.mod>:<factory>"
+    )
+
+
+def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} {value!r}: choose from {', '.join(choices)}")
+
+
 def validate(cfg: EvalConfig) -> EvalConfig:
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
-    if cfg.data.source not in ("sample-set", "shards", "folder", "aligned"):
+    if cfg.data.source not in DATA_SOURCES:
         raise ConfigError(f"data.source {cfg.data.source!r}: use sample-set, shards, folder or aligned")
+    _one_of("data.faces", cfg.data.faces, FACE_POLICIES)
+    _one_of("data.detector", cfg.data.detector, EVAL_DETECTORS)
+    _one_of("model.scheme", cfg.model.scheme, SCHEMES)
+    _one_of("model.transform", cfg.model.transform, TRANSFORMS)
+    least = 2 if cfg.model.scheme == "exact" else 1
+    if cfg.model.steps < least:
+        raise ConfigError(f"model.steps must be at least {least} for the {cfg.model.scheme} scheme, got {cfg.model.steps}")
+    if cfg.published.steps is not None and cfg.published.steps < 1:
+        raise ConfigError(f"published.steps must be at least 1, got {cfg.published.steps}")
     if cfg.data.source in ("shards", "folder", "aligned") and not cfg.data.path:
         raise ConfigError(f"data.source {cfg.data.source} needs data.path")
     if cfg.pairs.synthetic not in ("labels", "none"):
@@ -181,6 +244,14 @@ def validate(cfg: EvalConfig) -> EvalConfig:
             raise ConfigError(f"metrics.jpeg_qualities: {q} is not a JPEG quality (1..100)")
     if cfg.diversity.keys < 2:
         raise ConfigError("diversity.keys must be at least 2")
+    if cfg.diversity.faces < 1:
+        raise ConfigError(f"diversity.faces must be at least 1, got {cfg.diversity.faces}")
+    if cfg.security.images < 1:
+        raise ConfigError(f"security.images must be at least 1, got {cfg.security.images}")
+    if not 0.0 < cfg.security.opened_fraction <= 1.0:
+        raise ConfigError(f"security.opened_fraction must be in (0, 1], got {cfg.security.opened_fraction}")
+    if cfg.metrics.fid.enabled:
+        parse_feature_spec(cfg.metrics.fid.feature)
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be >= 1")
     return cfg

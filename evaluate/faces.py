@@ -9,7 +9,6 @@ reason, and the rest goes on.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -233,7 +232,7 @@ def _from_aligned(cfg: Any, wanted: set[str] | None, notes: Notes) -> list[EvalF
 
 def _save_cache(folder: Path, faces: list[EvalFace]) -> None:
     from faceveil.data.images import save_image
-    from faceveil.data.shards import write_json
+    from faceveil.evaluate.jsonio import write_json
 
     for f in faces:
         save_image(folder / f"{f.id}.png", f.image)
@@ -242,12 +241,14 @@ def _save_cache(folder: Path, faces: list[EvalFace]) -> None:
 
 
 def _load_cache(folder: Path) -> list[EvalFace] | None:
-    index = folder / "faces.json"
-    if not index.is_file():
+    from faceveil.evaluate.jsonio import read_json
+
+    index = read_json(folder / "faces.json")
+    if not isinstance(index, list):
         return None
     try:
         faces = []
-        for m in json.loads(index.read_text()):
+        for m in index:
             image = np.asarray(Image.open(folder / f"{m['id']}.png").convert("RGB"))
             mask = np.asarray(Image.open(folder / f"{m['id']}.mask.png").convert("L")) >= 128
             faces.append(
@@ -263,7 +264,7 @@ def _load_cache(folder: Path) -> list[EvalFace] | None:
                 )
             )
         return faces
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged cache is rebuilt
 
 

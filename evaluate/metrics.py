@@ -35,12 +35,19 @@ def _stack(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
 
 
 def psnr(preds: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-image PSNR in dB of uint8 (H, W, 3) images (``inf`` for identical images)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
+    """Per-image PSNR in dB of uint8 (H, W, 3) images (``inf`` for identical images): the
+    pipeline's :func:`faceveil.models.pipeline.psnr` for each pair."""
+    from faceveil.models.pipeline import psnr as psnr_one
 
-    p, t = _stack(preds), _stack(target)
-    out = peak_signal_noise_ratio(p, t, data_range=255.0, reduction="none", dim=(1, 2, 3))
-    return out.reshape(-1).numpy().astype(np.float64)
+    preds, target = ([preds] if isinstance(x, np.ndarray) and x.ndim == 3 else list(x) for x in (preds, target))
+    if len(preds) != len(target):
+        raise InputError(f"psnr: {len(preds)} images against {len(target)} targets")
+    for a, b in zip(preds, target):
+        if np.asarray(a).dtype != np.uint8 or np.asarray(b).dtype != np.uint8:
+            raise InputError(f"metrics take uint8 images, got {np.asarray(a).dtype} and {np.asarray(b).dtype}")
+        if np.shape(a) != np.shape(b):
+            raise InputError(f"psnr: image shapes differ, {np.shape(a)} and {np.shape(b)}")
+    return np.asarray([psnr_one(np.asarray(a), np.asarray(b)) for a, b in zip(preds, target)], dtype=np.float64)
 
 
 def ssim(preds: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> np.ndarray:
@@ -188,35 +195,24 @@ class _ExportedFeatures(nn.Module):
 
 
 def feature_network(spec: str) -> int | nn.Module:
-    """The ``feature`` argument for torchmetrics' FID / KID (see ``FidConfig``)."""
-    if spec == "inception":
-        return 2048
-    if spec.startswith("inception:"):
-        dims = spec.partition(":")[2]
-        if dims not in ("64", "192", "768", "2048"):
-            raise ConfigError(f"fid feature {spec!r}: InceptionV3 features are 64, 192, 768 or 2048")
-        return int(dims)
-    if spec == "tiny":
+    """The ``feature`` argument for torchmetrics' FID / KID (see ``FidConfig``; the spec is
+    checked by ``faceveil.evaluate.config.parse_feature_spec``, also when the config loads)."""
+    from faceveil.evaluate.config import parse_feature_spec
+
+    kind, arg = parse_feature_spec(spec)
+    if kind == "inception":
+        return int(arg)
+    if kind == "tiny":
         return TinyFeatures()
-    if spec.startswith(("torchscript:", "exported:")):
-        kind, _, rest = spec.partition(":")
-        path = Path(rest).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such {kind} feature network")
+    if kind in ("torchscript", "exported"):
+        path = Path(arg).expanduser()
         if kind == "exported":
             return _ExportedFeatures(torch.export.load(str(path)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still loads
             return torch.jit.load(str(path), map_location="cpu").eval()
-    if spec.startswith("module:"):
-        target = spec.partition(":")[2]
-        mod_name, _, attr = target.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"fid feature {spec!r}: {exc}") from None
-        return factory()
-    raise ConfigError(f"fid feature {spec!r}: use inception[:DIMS], tiny, exported:<path>, torchscript:<path> or module:<pkg.mod>:<factory>")
+    mod_name, _, attr = arg.partition(":")
+    return getattr(importlib.import_module(mod_name), attr)()
 
 
 def fid_kid(

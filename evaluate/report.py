@@ -181,7 +181,7 @@ def security_tables(m: dict[str, Any]) -> str:
     for sname, setting in s["settings"].items():
         for aname, a in setting["attacks"].items():
             rows.append([
-                sname, aname, pct(a.get("restored")), pct(a.get("signs_vs_true")), fmt(a.get("latent_err")), fmt(a.get("psnr"), 2),
+                sname, aname + (f" [{a['estimator']}]" if a.get("estimator") else ""), pct(a.get("restored")), pct(a.get("signs_vs_true")), fmt(a.get("latent_err")), fmt(a.get("psnr"), 2),
                 fmt(a.get("psnr_keyholder"), 2), fmt(_get(a, "id_cos", j)), "**yes**" if a.get("opened") else "no",
             ])  # fmt: skip
     intro = (
@@ -190,7 +190,8 @@ def security_tables(m: dict[str, Any]) -> str:
         "that the attacker un-keys exactly as the key holder does (0.5 is chance for a sign flip, about 0 for a keyed permutation); "
         "an attack *opens* images at 90 % or more. *Signs vs true noise*: sign agreement with the noise the anonymizer started from "
         "(below 1 for the key holder when recovery is approximate). Known plaintext: the first target's original and anonymized image "
-        "are given, the others are attacked. Averaging: all targets are under one key; the sign of public faces' mean noise fills in the rest. "
+        "are given, the others are attacked. Averaging: all targets are under one key, against public faces' mean noise. Both use the "
+        "strongest estimator for the key transform (in brackets): sign flip for sign keys, magnitude matching for a keyed permutation. "
         "Pixel and identity columns only mean something on a trained backbone."
     )
     parts = [intro, table(header, rows)]
@@ -297,6 +298,13 @@ def _plt():
     return plt
 
 
+def _savefig(fig: Any, path: Path) -> None:
+    """Save a figure as PNG atomically (a reader never sees a partial file)."""
+    from faceveil.data.images import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
 def make_figures(
     ctx: Any, methods: list[Any], folders: dict[str, Path], plots: dict[str, Any], div_images: dict[str, list],
     security: dict[str, Any], sec_images: dict[str, Any], out: Path,
@@ -330,7 +338,7 @@ def make_figures(
                 if r == 0:
                     ax.set_title(title, fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "grid.png", dpi=100)
+        _savefig(fig, out / "grid.png")
         plt.close(fig)
         figs["grid"] = "figures/grid.png"
 
@@ -348,7 +356,7 @@ def make_figures(
         ax.set_ylabel("images")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"hist_{safe}.png", dpi=100)
+        _savefig(fig, out / f"hist_{safe}.png")
         plt.close(fig)
         figs[f"hist_{safe}"] = f"figures/hist_{safe}.png"
 
@@ -379,7 +387,7 @@ def make_figures(
             ax.legend(fontsize=6, loc="lower right")
             ax.set_title(f"ROC ({j.name})", fontsize=9)
             fig.tight_layout()
-            fig.savefig(out / f"roc_{safe}.png", dpi=100)
+            _savefig(fig, out / f"roc_{safe}.png")
             figs[f"roc_{safe}"] = f"figures/roc_{safe}.png"
         plt.close(fig)
 
@@ -398,7 +406,7 @@ def make_figures(
                 if c == 0:
                     ax.set_ylabel(name, fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "diversity.png", dpi=100)
+        _savefig(fig, out / "diversity.png")
         plt.close(fig)
         figs["diversity"] = "figures/diversity.png"
 
@@ -429,7 +437,7 @@ def make_figures(
         ax.set_ylim(0, 1.1)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
-        fig.savefig(out / "security.png", dpi=100)
+        _savefig(fig, out / "security.png")
         plt.close(fig)
         figs["security"] = "figures/security.png"
     if sec_images and len(sec_images.get("targets", [])) >= 2:
@@ -448,7 +456,7 @@ def make_figures(
             axes[0][c].set_xticks([])
             axes[0][c].set_yticks([])
         fig.tight_layout()
-        fig.savefig(out / "security_images.png", dpi=100)
+        _savefig(fig, out / "security_images.png")
         plt.close(fig)
         figs["security_images"] = "figures/security_images.png"
     elif (out / "security_images.png").is_file():

@@ -35,10 +35,11 @@ import torch
 from faceveil.errors import ConfigError, FaceveilError, InputError
 from faceveil.evaluate.config import EvalConfig, digest, load_eval_config
 from faceveil.evaluate.faces import EvalFace, Notes, load_faces, warn
+from faceveil.evaluate.jsonio import clean_json, read_json, write_json
 from faceveil.evaluate.pairs import Pair, gallery_and_probes, pairs_from_labels, read_lfw_pairs, resolve_pairs
 
 VARIANT_LABELS = {"file": "untouched file", "stripped": "metadata stripped"}
-ROW_VERSION = 1  # bump when what a cached row / section holds changes: old caches are then not reused
+ROW_VERSION = 2  # bump when what a cached row / section holds changes: old caches are then not reused
 
 
 def variant_label(v: str) -> str:
@@ -46,52 +47,6 @@ def variant_label(v: str) -> str:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-able: {type(o)}")
-
-
-def clean_json(o: Any) -> Any:
-    """Strict-JSON copy: NaN -> null, +-inf -> "inf"/"-inf"."""
-    if isinstance(o, dict):
-        return {str(k): clean_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [clean_json(v) for v in o]
-    if isinstance(o, (float, np.floating)):
-        f = float(o)
-        if math.isnan(f):
-            return None
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return f
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
-def write_json(path: Path, data: Any, strict: bool = False) -> None:
-    from faceveil.data.images import atomic_write
-
-    text = json.dumps(clean_json(data) if strict else data, indent=1, default=_json_default, allow_nan=not strict)
-    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
-
-
-def read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -600,8 +555,10 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     from faceveil.config import dump_config
+    from faceveil.data.images import atomic_write
 
-    (out / "config.yaml").write_text(dump_config(cfg))
+    config_text = dump_config(cfg)
+    atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(config_text))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     key = resolve_key(cfg, out, notes)
@@ -692,7 +649,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         "key_fingerprint": key.fingerprint,
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
-    metrics = clean_json(json.loads(json.dumps(metrics, default=_json_default)))
+    metrics = clean_json(metrics, strict=True)
     write_json(out / "metrics.json", metrics, strict=True)
 
     from faceveil.evaluate import report
@@ -700,7 +657,8 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     figures: dict[str, str] = {}
     if cfg.figures:
         figures = report.make_figures(ctx, methods, folders, plots, div_images, security, sec_images, out / "figures")
-    (out / "report.md").write_text(report.render(metrics, figures))
+    report_text = report.render(metrics, figures)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(report_text))
     return metrics
 
 
@@ -777,17 +735,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config_path(path: str) -> str:
-    """A config path as given, or the packaged one of that name (``configs/eval/tiny.yaml`` works
-    from any folder once faceveil is installed)."""
+    """A config path as given; a bare file name (no folder part, e.g. ``tiny.yaml``) that is not
+    a file here is the packaged config of that name, so it works from any folder once faceveil is
+    installed. Any other path that does not exist is a ``ConfigError`` (never silently another file)."""
     if Path(path).is_file():
         return path
-    from importlib import resources
+    if Path(path).name == path:
+        from importlib import resources
 
-    name = Path(path).name
-    packaged = resources.files("faceveil.configs").joinpath("eval", name)
-    if packaged.is_file():
-        return str(packaged)
-    return path
+        packaged = resources.files("faceveil.configs").joinpath("eval", path)
+        if packaged.is_file():
+            return str(packaged)
+        raise ConfigError(f"no such config file: {path} (neither here nor among the packaged configs/eval/*.yaml)")
+    raise ConfigError(f"no such config file: {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,9 +26,13 @@ Settings compared:
   own recovery is approximate, which also blurs what an attacker gets).
 
 Attacks: a wrong random key; the key one bit away; known plaintext (one original /
-anonymized pair, image ``a``, given; open the other targets: the sign pattern
-``sign(z'_a) * sign(z_a)`` on ``a``'s mask, the sign of a public face average elsewhere);
-averaging over many images under one key (``sign(mean z') * sign(mean of public faces' z)``);
+anonymized pair, image ``a``, given; open the other targets) and averaging over many images
+under one key, each with the strongest estimator for the key transform: for sign flips (the
+published key, faceveil's ``signflip``) the sign pattern ``sign(z'_a) * sign(z_a)`` on ``a``'s
+mask, the sign of a public face average elsewhere, and ``sign(mean z') * sign(mean of public
+faces' z)``; for a keyed permutation (faceveil's ``shuffle``) magnitude matching: the
+permutation and signs learned by sorting the magnitudes of ``z'_a`` against ``z_a``, and of
+``mean z'`` against the public faces' mean ``z`` (``estimator`` in each row names which);
 for faceveil, the same-mask scenario with an entry-matching known-plaintext attack (sorting
 magnitudes learns a keyed permutation exactly) under fresh nonces and under a reused
 nonce, with the nonce scanner run on both sets of files; for the published key, an
@@ -133,6 +137,31 @@ def match_attack_fn(est: MatchEstimate, mask_lat: torch.Tensor) -> LatentFn:
     return fn
 
 
+def match_each_fn(clean_ref: torch.Tensor, keyed_ref: torch.Tensor, mask_lat: torch.Tensor) -> LatentFn:
+    """Un-key each image (B, C, h, w) with the permutation learned, inside that image's mask, by
+    matching the magnitudes of ``keyed_ref`` (C, h, w) to those of ``clean_ref`` (C, h, w): the
+    averaging attack on a keyed permutation (mean keyed noise against public faces' mean noise)."""
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        out = z.clone()
+        for i in range(z.shape[0]):
+            sel = mask_lat[i].expand_as(z[i]).flatten().nonzero().squeeze(1)
+            if not sel.numel():
+                continue
+            est = MatchEstimate.learn(clean_ref.flatten()[sel].to(z), keyed_ref.flatten()[sel].to(z))
+            out[i].view(-1)[sel] = est.undo(z[i].flatten()[sel])
+        return out
+
+    return fn
+
+
+# Key transforms that permute the masked entries: a sign estimator cannot un-key them (it leaves
+# every entry in the wrong place), so the known-plaintext and averaging attacks match magnitudes.
+PERMUTATION_TRANSFORMS: frozenset[str] = frozenset({"shuffle"})
+SIGN_ESTIMATOR = "sign flip"
+MATCH_ESTIMATOR = "magnitude matching"
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -152,6 +181,7 @@ class Setting:
     key: Any
     wrong_key: Any
     one_bit_key: Any
+    permutes: bool = False  # the key permutes entries (attacks match magnitudes instead of estimating signs)
 
 
 class Suite:
@@ -220,15 +250,27 @@ class Suite:
         results["key one bit away"] = self.measure(s, s.pipe.rekey(s.z_keyed, s.unkey(s.one_bit_key), s.c), legit, everyone)
         if n >= 2:
             # Known plaintext: image 0's original and anonymized file are given.
-            signs = sign_estimate(s.z_keyed[0, 0], s.z_true[0, 0], s.true_mask_lat[0])
-            est = s.pipe.rekey(s.z_keyed, sign_attack_fn(signs, prior, s.c.mask_lat), s.c)
-            results["known plaintext (1 pair)"] = self.measure(s, est, legit, others)
-            results["known plaintext (1 pair)"]["signs"] = signs
+            if s.permutes:
+                mask0 = s.c.mask_lat[0]
+                est_map = MatchEstimate.learn(masked_values(s.z_true[0, 0], mask0), masked_values(s.z_keyed[0, 0], mask0))
+                est = s.pipe.rekey(s.z_keyed, match_attack_fn(est_map, s.c.mask_lat), s.c)
+                results["known plaintext (1 pair)"] = self.measure(s, est, legit, others)
+            else:
+                signs = sign_estimate(s.z_keyed[0, 0], s.z_true[0, 0], s.true_mask_lat[0])
+                est = s.pipe.rekey(s.z_keyed, sign_attack_fn(signs, prior, s.c.mask_lat), s.c)
+                results["known plaintext (1 pair)"] = self.measure(s, est, legit, others)
+                results["known plaintext (1 pair)"]["signs"] = signs
         if n >= 2 and prior is not None:
-            # Averaging: all targets are under one key; public faces give the sign of the mean noise.
-            avg = torch.sign(s.z_keyed[:, 0].mean(0)) * prior
-            est = s.pipe.rekey(s.z_keyed, sign_attack_fn(avg, None, s.c.mask_lat), s.c)
+            # Averaging: all targets are under one key; public faces give the mean clean noise.
+            if s.permutes:
+                fn = match_each_fn(reference_noise[:, 0].mean(0), s.z_keyed[:, 0].mean(0), s.c.mask_lat)
+            else:
+                fn = sign_attack_fn(torch.sign(s.z_keyed[:, 0].mean(0)) * prior, None, s.c.mask_lat)
+            est = s.pipe.rekey(s.z_keyed, fn, s.c)
             results[f"averaging ({n} images)"] = self.measure(s, est, legit, everyone)
+        for name, r in results.items():
+            if name.startswith(("known plaintext", "averaging")):
+                r["summary"]["estimator"] = MATCH_ESTIMATOR if s.permutes else SIGN_ESTIMATOR
         return results
 
 
@@ -267,7 +309,7 @@ def ours_setting(ours: Any, faces: list[EvalFace], paths: Sequence[Path], pipe: 
     return Setting(
         "ours", f"faceveil ({ours.settings.transform}, per-image nonces, 256-bit key)", pipe, faces,
         [v.image for v in vs], [v.mask for v in vs], c, z_true, c0.mask_lat, z_keyed, unkey,
-        ours.key, SecretKey.generate(), flip_bit(ours.key),
+        ours.key, SecretKey.generate(), flip_bit(ours.key), ours.settings.transform in PERMUTATION_TRANSFORMS,
     )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceveil.errors import ConfigError
+from faceveil.errors import ConfigError, InputError
 from faceveil.evaluate.metrics import (
     Lpips,
     TinyFeatures,
@@ -39,6 +39,18 @@ def test_identical_images_give_infinite_psnr_and_ssim_one() -> None:
     imgs = _images(3)
     assert np.all(np.isinf(psnr(imgs, imgs)))
     assert np.allclose(ssim(imgs, imgs), 1.0)
+
+
+def test_psnr_is_the_pipelines_psnr() -> None:
+    from faceveil.models.pipeline import psnr as pipeline_psnr
+
+    a, b = _images(3, seed=5), _images(3, seed=6)
+    assert psnr(a, b).tolist() == [pipeline_psnr(x, y) for x, y in zip(a, b)]
+    assert psnr(np.stack(a), np.stack(b)).shape == (3,) and psnr(a[0], b[0]).shape == (1,)
+    with pytest.raises(InputError):
+        psnr(a, b[:2])
+    with pytest.raises(InputError):
+        psnr([a[0].astype(np.float32)], [b[0]])
 
 
 def test_psnr_known_value_and_ssim_below_one() -> None:

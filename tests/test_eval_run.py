@@ -14,7 +14,7 @@ from faceveil.errors import ConfigError
 from faceveil.evaluate.config import load_eval_config
 from faceveil.evaluate.run import resolve_config_path, run_evaluation
 
-TINY = resolve_config_path("configs/eval/tiny.yaml")
+TINY = resolve_config_path("tiny.yaml")  # the packaged config, from any folder
 FAST = ["progress=false", "model.steps=6", "data.limit=4", "security.images=3"]
 
 
@@ -48,6 +48,34 @@ def test_outputs_and_report(run) -> None:
         with Image.open(path) as img:
             assert img.size[0] > 100
     assert "facenet skipped" in " ".join(on_disk["notes"])  # weights not installed here
+    # Written atomically: the resolved config is there and no temporary file is left behind.
+    assert load_eval_config(str(out / "config.yaml")).model.steps == 6
+    assert not [p for p in out.rglob("*.part")]
+    assert "[magnitude matching]" in report and "[sign flip]" in report
+
+
+def test_json_helpers_strict_and_cache_round_trip(tmp_path) -> None:
+    import math
+
+    import torch
+
+    from faceveil.evaluate.jsonio import clean_json, read_json, write_json
+
+    data = {"nan": float("nan"), "inf": np.float32("inf"), "ninf": -math.inf, "i": np.int64(3), "b": np.bool_(True),
+            "arr": np.arange(3), "t": torch.tensor([0.5]), "p": Path("a/b"), 1: (1.5, None)}  # fmt: skip
+    strict = clean_json(data, strict=True)
+    assert strict == {"nan": None, "inf": "inf", "ninf": "-inf", "i": 3, "b": True, "arr": [0, 1, 2], "t": [0.5], "p": "a/b", "1": [1.5, None]}
+    write_json(tmp_path / "m.json", data, strict=True)
+    assert _strict(tmp_path / "m.json") == strict
+    write_json(tmp_path / "row.json", {"psnr": math.inf, "x": math.nan})  # cache rows keep inf / nan
+    row = read_json(tmp_path / "row.json")
+    assert math.isinf(row["psnr"]) and math.isnan(row["x"])
+    assert read_json(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{")
+    assert read_json(tmp_path / "bad.json") is None
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*"))
+    with pytest.raises(TypeError):
+        clean_json(object())
 
 
 def test_clean_originals_verify_and_are_detected(run) -> None:
@@ -129,6 +157,10 @@ def test_security_attacks(run) -> None:
     assert not ours[kp]["opened"] and ours[kp]["restored"] < 0.05
     # Averaging many images under one key leaks the published signs (above chance), not ours.
     avg = next(k for k in ours if k.startswith("averaging"))
+    # Against our keyed permutation both attacks match magnitudes (the attack that learns a
+    # permutation), not sign estimates, which could never un-key it; the published rows estimate signs.
+    assert ours[kp]["estimator"] == ours[avg]["estimator"] == "magnitude matching"
+    assert pub[kp]["estimator"] == pub[avg]["estimator"] == "sign flip"
     assert ours[avg]["restored"] < 0.05 and not ours[avg]["opened"]
     assert pub[avg]["restored"] > 0.55
     # The published 32-bit seed is found by search from one pair; the rate gives the full-space cost.
@@ -177,7 +209,54 @@ def test_config_errors_name_the_key(tmp_path) -> None:
     with pytest.raises(ConfigError, match="32-bit"):
         load_eval_config(TINY, ["published.seed=5000000000"])
     for name in ("tiny", "lfw", "celebahq"):
-        assert load_eval_config(resolve_config_path(f"configs/eval/{name}.yaml")).name == name
+        assert load_eval_config(resolve_config_path(f"{name}.yaml")).name == name
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.scheme=bogus", "model.scheme 'bogus'"),
+        ("model.transform=bogus", "model.transform 'bogus'"),
+        ("model.steps=0", "model.steps"),
+        ("model.steps=1", "model.steps must be at least 2 for the exact scheme"),
+        ("data.detector=bogus", "data.detector 'bogus'"),
+        ("data.faces=bogus", "data.faces 'bogus'"),
+        ("security.images=0", "security.images"),
+        ("diversity.faces=0", "diversity.faces"),
+        ("metrics.fid.feature=incepton", "metrics.fid.feature 'incepton'"),
+        ("metrics.fid.feature=torchscript:/no/such/net.pt", "no such torchscript"),
+        ("metrics.fid.feature=module:faceveil.evaluate.metrics:NoSuch", "NoSuch"),
+    ],
+)
+def test_config_typos_fail_at_load(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_eval_config(TINY, [override])
+
+
+def test_config_settings_that_are_fine_still_load() -> None:
+    cfg = load_eval_config(TINY, ["model.scheme=ddim", "model.steps=1", "model.transform=signflip", "data.faces=all",
+                                  "data.detector=insightface", "metrics.fid.enabled=false", "metrics.fid.feature=whatever"])  # fmt: skip
+    assert cfg.model.scheme == "ddim" and cfg.model.steps == 1
+
+
+def test_missing_config_path_fails_instead_of_using_a_packaged_file(tmp_path, monkeypatch, capsys) -> None:
+    from faceveil.evaluate.run import run_from_args
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    # A path with a folder part is taken as given: no silent fallback to the packaged tiny.yaml.
+    for path in ("configs/eval/tiny.yaml", str(tmp_path / "tiny.yaml"), "elsewhere/tiny.yaml"):
+        with pytest.raises(ConfigError, match="no such config file"):
+            resolve_config_path(path)
+    with pytest.raises(ConfigError, match="no such config file: nosuch.yaml"):
+        resolve_config_path("nosuch.yaml")
+    assert run_from_args("configs/eval/tiny.yaml", ["progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such config file: configs/eval/tiny.yaml" in err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    # A bare name that is not a file here is the packaged config; a file here wins.
+    assert load_eval_config(resolve_config_path("tiny.yaml")).name == "tiny"
+    (tmp_path / "tiny.yaml").write_text("name: local\n")
+    assert resolve_config_path("tiny.yaml") == "tiny.yaml" and load_eval_config("tiny.yaml").name == "local"
 
 
 # --------------------------------------------------------------------------- photo folders, pairs, bad inputs

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run an evaluation config; same as 'python -m faceveil.evaluate.run'. "
         "Outputs go to the config's run folder (output=...); a re-run resumes from its per-image cache.",
     )
-    p.add_argument("--config", required=True, help="evaluation config, e.g. configs/eval/tiny.yaml (packaged names work from anywhere)")
+    p.add_argument("--config", required=True, help="evaluation config, e.g. configs/eval/tiny.yaml (a bare packaged name such as tiny.yaml works from anywhere)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. output=runs/x data.limit=4 model.steps=20")
     p.set_defaults(func=run)
 
