@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import re
 from collections.abc import Callable
@@ -383,4 +382,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads((Path(path) / EXPORT_MANIFEST).read_text())
+    from faceveil.jsonfile import load_json_object
+
+    return load_json_object(Path(path) / EXPORT_MANIFEST, "export manifest")

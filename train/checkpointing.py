@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from faceveil.jsonfile import load_json_object
 from faceveil.errors import ConfigError, InputError
 
 CHECKPOINTS = "checkpoints"
@@ -82,14 +83,7 @@ def resolve_resume(run_dir: str | os.PathLike[str], which: str | None) -> Path |
 def read_train_state(ckpt: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint's training state; an unreadable or corrupt file is an :class:`InputError` naming it."""
     path = Path(ckpt) / TRAIN_STATE
-    try:
-        state = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the checkpoint's training state ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: corrupt training state, not valid JSON ({exc})") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: corrupt training state, expected a JSON object")
+    state = load_json_object(path, "checkpoint training state")
     for key in ("step", "batches", "images"):
         if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
             raise InputError(f"{path}: corrupt training state, {key!r} is missing or not a non-negative integer")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from faceveil import __version__
+from faceveil.jsonfile import load_json_object
 from faceveil.errors import ConfigError, InputError
 from faceveil.models.backbones import EXPORT_MANIFEST, Backbone, file_sha256, load_backbone, read_manifest, register_export_loader
 
@@ -59,17 +60,7 @@ def _val_at(run_dir: Path, step: Any) -> dict[str, Any]:
 
 
 def _read_eval_json(path: Path) -> Any:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: --eval-json: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: --eval-json: cannot read it ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: --eval-json: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InputError(f"{path}: --eval-json: expected a JSON object (a 'faceveil evaluate' metrics.json)")
-    return doc
+    return load_json_object(path, "--eval-json (a 'faceveil evaluate' metrics.json)")
 
 
 def _check_output(run_dir: Path, out: Path, overwrite: bool) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from faceveil.cli.common import (
@@ -51,14 +50,12 @@ class Loader:
 
     def _meta_for(self, src: Path) -> dict:
         from faceveil.errors import InputError
+        from faceveil.jsonfile import load_json_object
 
         meta = self.args.meta / f"{src.stem}.json" if self.args.meta.is_dir() else self.args.meta
         if meta in self.meta_used:
             raise InputError(f"{meta} already serves {self.meta_used[meta]}; each image has its own nonce, so give a folder of NAME.json")
-        try:
-            header = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            raise InputError(f"{meta}: not a JSON file from 'faceveil inspect'") from None
+        header = load_json_object(meta, "--meta (the JSON 'faceveil inspect' printed)")
         self.meta_used[meta] = src
         return header
 
