@@ -152,9 +152,12 @@ def read_chunks(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
     return out
 
 
-def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The public JSON header, or None when the file carries no faceveil metadata."""
-    chunks = read_chunks(path)
+def read_header(path: str | os.PathLike[str], chunks: dict[bytes, bytes] | None = None) -> dict[str, Any] | None:
+    """The public JSON header, or None when the file carries no faceveil metadata.
+
+    ``chunks`` (from :func:`read_chunks`) spares reading the file again.
+    """
+    chunks = read_chunks(path) if chunks is None else chunks
     if HEADER_CHUNK not in chunks:
         return None
     try:
@@ -207,7 +210,7 @@ def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, allo
     """
     path = Path(path)
     chunks = read_chunks(path)
-    header = read_header(path)
+    header = read_header(path, chunks)
     if header is None or DATA_CHUNK not in chunks:
         raise FormatError(f"{path}: no faceveil metadata (stripped or re-encoded?)")
     payload = chunks[DATA_CHUNK]
