@@ -305,6 +305,34 @@ def _savefig(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
+def _image_grid(
+    plt: Any,
+    cells: list[list[np.ndarray | None]],
+    path: Path,
+    size: tuple[float, float],
+    col_titles: list[str] | None = None,
+    row_labels: list[str] | None = None,
+    fontsize: int = 8,
+) -> None:
+    """Save rows of images (None leaves a cell blank) as one figure; ``size`` is a cell's inches."""
+    n_rows, n_cols = len(cells), max(len(r) for r in cells)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size[0] * n_cols, size[1] * n_rows + 0.4), squeeze=False)
+    for r, row in enumerate(cells):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            if c < len(row) and row[c] is not None:
+                ax.imshow(row[c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=fontsize)
+            if c == 0 and row_labels:
+                ax.set_ylabel(row_labels[r], fontsize=fontsize)
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
+
+
 def make_figures(
     ctx: Any, methods: list[Any], folders: dict[str, Path], plots: dict[str, Any], div_images: dict[str, list],
     security: dict[str, Any], sec_images: dict[str, Any], out: Path,
@@ -325,21 +353,15 @@ def make_figures(
             cols.append((f"{m.name}\nrecovered", lambda i, m=m: read_pixels(folders[m.name] / f"{i}.rec.png")))
     ids = [i for i in ids if all((folders[m.name] / f"{i}.png").is_file() for m in methods)]
     if ids:
-        fig, axes = plt.subplots(len(ids), len(cols), figsize=(1.6 * len(cols), 1.6 * len(ids) + 0.4), squeeze=False)
-        for r, fid in enumerate(ids):
-            for c, (title, get) in enumerate(cols):
-                ax = axes[r][c]
-                try:
-                    ax.imshow(get(fid))
-                except OSError:
-                    pass
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(title, fontsize=8)
-        fig.tight_layout()
-        _savefig(fig, out / "grid.png")
-        plt.close(fig)
+
+        def load(get: Any, fid: Any) -> np.ndarray | None:
+            try:
+                return get(fid)
+            except OSError:
+                return None
+
+        cells = [[load(get, fid) for _, get in cols] for fid in ids]
+        _image_grid(plt, cells, out / "grid.png", (1.6, 1.6), col_titles=[t for t, _ in cols])
         figs["grid"] = "figures/grid.png"
 
     # Identity cosine histograms and ROC curves, per recognizer.
@@ -394,20 +416,8 @@ def make_figures(
     # Diversity: one face under every key.
     rows = [(k, v) for k, v in div_images.items() if v]
     if rows:
-        n = max(len(v) for _, v in rows)
-        fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows) + 0.3), squeeze=False)
-        for r, (name, imgs) in enumerate(rows):
-            for c in range(n):
-                ax = axes[r][c]
-                if c < len(imgs):
-                    ax.imshow(imgs[c])
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c == 0:
-                    ax.set_ylabel(name, fontsize=8)
-        fig.tight_layout()
-        _savefig(fig, out / "diversity.png")
-        plt.close(fig)
+        _image_grid(plt, [list(v) for _, v in rows], out / "diversity.png", (1.3, 1.4),
+                    row_labels=[k for k, _ in rows])
         figs["diversity"] = "figures/diversity.png"
 
     # Security: how much of the key stream each attack restores.
@@ -449,15 +459,8 @@ def make_figures(
                 if key == "published":
                     strip.append(("published anonymized", sec_images["published_anonymized"][1]))
                 strip.append((f"{label}\nknown-plaintext attack", sec_images[key]["known plaintext (1 pair)"][0]))
-        fig, axes = plt.subplots(1, len(strip), figsize=(1.9 * len(strip), 2.6), squeeze=False)
-        for c, (title, img) in enumerate(strip):
-            axes[0][c].imshow(img)
-            axes[0][c].set_title(title, fontsize=7)
-            axes[0][c].set_xticks([])
-            axes[0][c].set_yticks([])
-        fig.tight_layout()
-        _savefig(fig, out / "security_images.png")
-        plt.close(fig)
+        _image_grid(plt, [[img for _, img in strip]], out / "security_images.png", (1.9, 2.2),
+                    col_titles=[t for t, _ in strip], fontsize=7)
         figs["security_images"] = "figures/security_images.png"
     elif (out / "security_images.png").is_file():
         figs["security_images"] = "figures/security_images.png"
