@@ -19,7 +19,7 @@ from faceveil.errors import InputError, KeyMismatchError
 from faceveil.keys import SecretKey, new_nonce
 from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
-from faceveil.models.inversion import Scheme, make_scheme
+from faceveil.models.inversion import EpsFn, LatentFn, Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.residual import add_residual, open_residual, seal_residual
 from faceveil.models.schedule import Schedule
@@ -135,6 +135,31 @@ class Anonymizer:
     def _paste(decoded: np.ndarray, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
         return np.where(np.stack(list(masks))[..., None], decoded, np.stack(list(images)))
 
+    def key_fn(
+        self,
+        mask_lat: torch.Tensor,
+        keys: SecretKey | Sequence[SecretKey],
+        nonces: Sequence[bytes],
+        inverse: bool = False,
+    ) -> LatentFn:
+        """The keyed latent bijection (or its inverse) for a batch: one key for all, or one key per image.
+
+        The one place that decides where and how the key acts; anonymize, recover and the
+        training objective all key through it, so they run the same trajectory.
+        """
+        if isinstance(keys, SecretKey):
+            return lambda z: apply_key(z, mask_lat, self.transform, keys, nonces, inverse)
+        keys = list(keys)
+        if len(keys) != len(nonces):
+            raise ValueError("one key per nonce")
+        return lambda z: torch.cat(
+            [apply_key(z[i : i + 1], mask_lat[i : i + 1], self.transform, keys[i], [nonces[i]], inverse) for i in range(len(keys))]
+        )
+
+    def keyed_noise(self, clean: torch.Tensor, eps: EpsFn, key_fn: LatentFn) -> torch.Tensor:
+        """Clean-end state -> keyed noise-end state: the start of sampling (no gradients needed)."""
+        return self.scheme.rekey(self.scheme.invert(clean, eps), key_fn, eps)
+
     # ------------------------------------------------------------------ API
     @torch.no_grad()
     def anonymize(
@@ -152,8 +177,7 @@ class Anonymizer:
         if self.settings.residual:
             ref = self._decode(clean)
             sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
-        noise = self.scheme.invert(clean, eps)
-        keyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces), eps)
+        keyed = self.keyed_noise(clean, eps, self.key_fn(mask_lat, key, nonces))
         out = self.scheme.sample(keyed, eps)
         anon = self._paste(self._decode(out), images, masks)
         bb = self.backbone
@@ -193,8 +217,7 @@ class Anonymizer:
         else:
             state = self.scheme.lift(self.encode(to_tensor(images).to(self.backbone.device)), eps)
         nonces = [v.nonce for v in veiled]
-        noise = self.scheme.invert(state, eps)
-        unkeyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces, inverse=True), eps)
+        unkeyed = self.keyed_noise(state, eps, self.key_fn(mask_lat, key, nonces, inverse=True))
         out = self.scheme.sample(unkeyed, eps)
         decoded = self._decode(out)
         for i, v in enumerate(veiled):
