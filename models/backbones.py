@@ -253,6 +253,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FACEVEIL_CACHE", Path.home() / ".cache" / "faceveil"))
 
 
+def load_prompt_embeds(path: str | os.PathLike[str]) -> torch.Tensor:
+    """The ``prompt_embeds`` tensor of a safetensors file, in memory of its own.
+
+    safetensors can hand back a tensor at an unaligned address inside the file's buffer; BLAS
+    then takes other kernels and the UNet's last bits change, which exact recovery cannot afford.
+    """
+    from safetensors.torch import load_file
+
+    return load_file(path)["prompt_embeds"].clone()
+
+
 def empty_prompt_embedding(source: str, local_files_only: bool = False) -> torch.Tensor:
     """The text encoder's embedding of "" for ``source``, computed once and cached.
 
@@ -260,14 +271,14 @@ def empty_prompt_embedding(source: str, local_files_only: bool = False) -> torch
     then in the faceveil cache; computed with the source's CLIP text encoder only
     when neither exists, so run time needs no text encoder.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     local = Path(source) / "prompt_embeds.safetensors"
     if local.is_file():
-        return load_file(local)["prompt_embeds"]
+        return load_prompt_embeds(local)
     cached = cache_dir() / "prompt_embeds" / (re.sub(r"[^A-Za-z0-9_.-]+", "--", source) + ".safetensors")
     if cached.is_file():
-        return load_file(cached)["prompt_embeds"]
+        return load_prompt_embeds(cached)
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_files_only)

@@ -32,7 +32,7 @@ from typing import Any
 from faceveil import __version__
 from faceveil.jsonfile import load_json_object
 from faceveil.errors import ConfigError, InputError
-from faceveil.models.backbones import EXPORT_MANIFEST, Backbone, file_sha256, load_backbone, read_manifest, register_export_loader
+from faceveil.models.backbones import EXPORT_MANIFEST, Backbone, file_sha256, load_backbone, load_prompt_embeds, read_manifest, register_export_loader
 
 EXPORT_FORMAT = "faceveil-export"
 EXPORT_VERSION = 1
@@ -263,9 +263,7 @@ def load_export(path: str | os.PathLike[str]) -> Backbone:
     embeds_file = folder / PROMPT_EMBEDS
     embeds = None
     if embeds_file.is_file():
-        from safetensors.torch import load_file
-
-        embeds = load_file(embeds_file)["prompt_embeds"]
+        embeds = load_prompt_embeds(embeds_file)
     base_spec = manifest["base"]["spec"]
     if (Path(base_spec) / EXPORT_MANIFEST).is_file():
         raise ConfigError(f"{folder}: its base {base_spec} is itself an export; stacked exports are not supported")
