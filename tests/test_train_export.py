@@ -315,3 +315,67 @@ def test_push_to_local_folder_and_refusals(exported, tmp_path):
         push_to_hub(tmp_path, target.as_uri())
     with pytest.raises(InputError, match="does not exist"):
         LocalFolderApi(tmp_path / "nowhere").upload_folder(repo_id="x", folder_path=exported)
+
+
+def _other_export(exported: Path, dest: Path) -> Path:
+    """A second, loadable export of the same base whose adapter weights differ (scaled by 1.5)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shutil.copytree(exported, dest)
+    weights = dest / LORA_WEIGHTS
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) * 1.5 for k in f.keys()}
+    save_file(tensors, str(weights), metadata=meta)
+    manifest = json.loads((dest / "faceveil.json").read_text())
+    manifest["lora"]["sha256"] = file_sha256(weights)
+    (dest / "faceveil.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_recover_refuses_other_weights_unless_forced(exported, faces, tmp_path, capsys):
+    from faceveil.cli import main
+
+    other = _other_export(exported, tmp_path / "other")
+    mine, theirs = file_sha256(exported / LORA_WEIGHTS), file_sha256(other / LORA_WEIGHTS)
+    assert mine != theirs
+    images, masks = faces
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(images[0]).save(src / "f.png")
+    Image.fromarray(masks[0].astype(np.uint8) * 255).save(tmp_path / "m.png")
+    key = tmp_path / "k.key"
+    assert main(["keygen", "-o", str(key)]) == 0
+    common = ["--key", str(key), "--device", "cpu"]
+    for name, backbone in (("ex", str(exported)), ("base", "tiny")):
+        assert main(["anonymize", str(src), "-o", str(tmp_path / name), "--mask", str(tmp_path / "m.png"),
+                     "--backbone", backbone, "--steps", "6", *common]) == 0
+    capsys.readouterr()
+
+    def recover(veiled: str, out: str, *extra: str) -> tuple[int, str]:
+        rc = main(["recover", str(tmp_path / veiled), "-o", str(tmp_path / out), *common, *extra])
+        return rc, capsys.readouterr().err
+
+    # Another export, and the base model, are refused with one line saying what is needed and how to load it.
+    rc, err = recover("ex", "r1", "--backbone", str(other))
+    line = next(x for x in err.splitlines() if "wrong weights" in x)
+    assert rc == 1 and "recovered 0, failed 1" in err and not (tmp_path / "r1" / "f.png").exists()
+    assert f"made with {exported.resolve()} (adapter sha256 {mine[:12]}), but tiny with adapter sha256 {theirs[:12]} is loaded" in line
+    assert "--backbone EXPORT_DIR" in line and "--force" in line
+    rc, err = recover("ex", "r2", "--backbone", "tiny")
+    assert rc == 1 and f"adapter sha256 {mine[:12]}), but tiny with no adapter is loaded" in err
+    rc, err = recover("base", "r3", "--backbone", str(exported))
+    assert rc == 1 and f"made with tiny with no adapter, but tiny with adapter sha256 {mine[:12]}" in err
+    assert "--backbone tiny (the base model, no adapter)" in err
+    # --force recovers anyway, says what it bypassed, and the face is not the original.
+    rc, err = recover("ex", "r4", "--backbone", str(other), "--force")
+    assert rc == 0 and "--force bypasses the weights check" in err
+    assert not np.array_equal(np.array(Image.open(tmp_path / "r4" / "f.png").convert("RGB")), images[0])
+    # The right weights: a copy of the export elsewhere has the same adapter hash, and recovery is exact.
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    for veiled, out, extra in (("ex", "r5", ["--backbone", str(copy)]), ("base", "r6", [])):
+        rc, err = recover(veiled, out, *extra)
+        assert rc == 0 and "wrong weights" not in err
+        assert np.array_equal(np.array(Image.open(tmp_path / out / "f.png").convert("RGB")), images[0])

@@ -90,6 +90,24 @@ class Loader:
         return v
 
 
+def same_weights_only(batch: list, bb, force: bool, report: Report, bar) -> list:
+    """The items of ``batch`` made with ``bb``'s weights; the others fail (or, with --force, go on with a note)."""
+    from faceveil.models.same_weights import weights_mismatch
+
+    kept = []
+    for it in batch:
+        why = weights_mismatch(it[2].backbone, it[2].adapter_hash, bb)
+        if why is None:
+            kept.append(it)
+        elif force:
+            report.note(f"{it[0]}: --force bypasses the weights check: {why.needs}, recovering with {why.loaded}")
+            kept.append(it)
+        else:
+            report.fail(it[0], f"wrong weights: {why}")
+            bar.update(1)
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -138,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
                 if v0.compute.get("device", device.type) != device.type:
                     report.note(f"{batch[0][0]}: anonymized on {v0.compute['device']}, recovering on {device.type}; "
                                 "expect last-bit differences")
-                if v0.adapter_hash != bb.adapter_hash:
-                    report.note(f"{batch[0][0]}: made with adapter {v0.adapter_hash}, recovering with {bb.adapter_hash}")
+                batch = same_weights_only(batch, bb, args.force, report, bar)
+                if not batch:
+                    continue
                 rec = Anonymizer(bb, v0.settings).recover([it[2] for it in batch], key, force=True)
             except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
                 for src, _, _ in batch:
