@@ -92,9 +92,11 @@ def test_pixels_outside_the_mask_are_untouched_by_every_method(run) -> None:
     # Our recovery keeps the pixels outside the stored mask as the file had them, degraded or not.
     for v, rec in m["methods"]["ours"]["recovery"].items():
         assert rec["outside_unchanged"] == 1.0, v
-    # The published recovery pastes with the mask it re-detects, so it may touch pixels outside
-    # the true face mask; that is measured, not assumed.
-    assert 0.0 <= m["methods"]["published"]["recovery"]["file"]["outside_unchanged"] <= 1.0
+    # The published recovery pastes with the mask it re-detects on the anonymized image. The tiny model's
+    # faces are noise: dlib finds none, the fallback ellipse is not the true mask, so every recovery
+    # changes pixels outside the true face mask.
+    pub = m["methods"]["published"]["recovery"]["file"]
+    assert pub["mask_redetected"] == 0.0 and pub["outside_unchanged"] == 0.0
 
 
 def test_recovery_from_saved_files(run) -> None:

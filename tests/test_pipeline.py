@@ -112,9 +112,10 @@ def test_stripped_file_recovers_from_pixels(tiny_backbone, face128, mask128, mon
         # A single-latent state is all there is: restarting from it loses nothing.
         assert err < 0.01 * wrong_err
     else:
-        # The exact scheme also needs the partner latent; re-deriving it is an approximation
-        # (on these random weights a poor one): recovery must still differ from a wrong key's.
-        assert not torch.equal(rec.latent, wrong.latent)
+        # The exact scheme also needs the partner latent; re-deriving it is an approximation (on these
+        # random weights a poor one). Measured: mean error 1.16 against 2.34 for a wrong key (ratio 0.50);
+        # the right key must stay clearly closer than a wrong one.
+        assert err < 0.6 * wrong_err
 
 
 def test_fixed_point_recovers_better_than_ddim(tiny_backbone, face128, mask128):
@@ -152,3 +153,28 @@ def test_bad_sizes_are_refused(tiny_backbone, face128, mask128):
         a.anonymize([face128[:120]], [mask128[:120]], SecretKey.generate())
     with pytest.raises(InputError, match="mask is"):
         a.anonymize([face128], [mask128[:64]], SecretKey.generate())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_exact_round_trip_on_cpu(face128, tmp_path, dtype):
+    """Anonymize and recover in bf16 / fp16 on CPU, through a written file: bit-exact pixels and latents.
+    Recovering the same file in fp32 is not exact, which is why files record the dtype."""
+    from PIL import Image
+
+    from faceveil.data.images import elliptical_mask
+    from faceveil.models.backbones import load_backbone
+
+    image = np.asarray(Image.fromarray(face128).resize((64, 64), Image.Resampling.LANCZOS))
+    mask = elliptical_mask(64, 64)
+    key = SecretKey.generate()
+    bb = load_backbone("tiny", dtype=dtype)
+    veiled = Anonymizer(bb, Settings("exact", 4)).anonymize([image], [mask], key)[0]
+    assert veiled.compute["dtype"] == str(dtype).removeprefix("torch.") and not np.array_equal(veiled.image, image)
+    path = write_veiled(tmp_path / "v.png", veiled, key)
+    rec = Anonymizer(load_backbone("tiny", dtype=dtype), Settings("exact", 4)).recover([read_veiled(path, key)], key)[0]
+    with torch.no_grad():
+        z0 = bb.encode(to_tensor([image]).to(dtype)).double()
+    assert np.array_equal(rec.image, image)
+    assert float((rec.latent.double() - z0).abs().max()) <= 1e-6  # measured: 0 (bf16), 4.8e-7 (fp16)
+    other = Anonymizer(load_backbone("tiny"), Settings("exact", 4)).recover([read_veiled(path, key)], key)[0]
+    assert float((other.latent.double() - z0).abs().max()) > 1e-3  # measured: 0.24 (bf16), 0.033 (fp16)
