@@ -71,6 +71,16 @@ class Judge:
             out.append(self.recognizer.embed([img], None if box is None else [box]))  # type: ignore[attr-defined]
         return torch.cat(out)
 
+    @property
+    def is_distance(self) -> bool:
+        """dlib: its native unit is the Euclidean distance (same person below its threshold)."""
+        return self.metric == "euclidean"
+
+    @property
+    def threshold(self) -> float | None:
+        """The recognizer's own decision threshold in its native unit (dlib: 0.6), if it has one."""
+        return getattr(self.recognizer, "threshold", None)
+
     def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Native similarity (cosine, or minus the Euclidean distance for dlib), row-wise."""
         return similarity(self.metric, a, b)  # type: ignore[arg-type]
@@ -108,3 +118,22 @@ def load_judges(specs: Sequence[str], notes: Notes, skip_unavailable: bool = Tru
             continue
         judges.append(Judge(spec, rec, kind))
     return judges
+
+
+HEADLINE_ORDER = ("arcface", "facenet", "dlib")
+RANDOM_IDENTITY_SPECS = ("tiny", "random")  # faceveil.models.identity specs with random weights
+
+
+def has_real_weights(judge: Judge) -> bool:
+    return not (judge.kind == "arcface" and judge.spec.partition(":")[2].partition(":")[0] in RANDOM_IDENTITY_SPECS)
+
+
+def headline_judge(judges: Sequence[Judge]) -> Judge:
+    """The recognizer for the report's headline identity columns: one whose cosine separates people
+    (ArcFace, else FaceNet, with trained weights). dlib's cosines are high for anyone, so where it is the
+    only trained recognizer it heads the table in its own unit, the distance against its 0.6 threshold."""
+    for kind in HEADLINE_ORDER:
+        for j in judges:
+            if j.kind == kind and has_real_weights(j):
+                return j
+    return judges[0]

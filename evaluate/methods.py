@@ -78,13 +78,17 @@ class EvalMethod(ABC):
 
 
 class ObfuscationMethod(EvalMethod):
-    def __init__(self, impl: BlurMethod | PixelateMethod | BlackBoxMethod, label: str) -> None:
+    """A classic obfuscation at one strength; ``family`` names the method it is a setting of."""
+
+    def __init__(self, impl: BlurMethod | PixelateMethod | BlackBoxMethod, label: str, strength: float | None = None) -> None:
         self.impl = impl
-        self.name = impl.name
+        self.family = impl.name
+        self.strength = strength
+        self.name = impl.name if strength is None else f"{impl.name}-{strength:g}"
         self.label = label
 
     def tag(self) -> dict[str, Any]:
-        return {"method": self.name, **{k: v for k, v in vars(self.impl).items() if k != "name"}}
+        return {"method": self.family, **{k: v for k, v in vars(self.impl).items() if k != "name"}}
 
     def anonymize_files(self, faces: Sequence[EvalFace], paths: Sequence[Path]) -> None:
         from faceveil.data.images import save_image

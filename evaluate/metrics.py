@@ -230,21 +230,31 @@ def fid_kid(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # KID's "will save all extracted features" notice
             fid = FrechetInceptionDistance(feature=net, reset_real_features=True)
-            kid = KernelInceptionDistance(feature=net, subset_size=min(kid_subset, n), reset_real_features=True)
+            # KID's subsets must be smaller than the set, or every subset is the whole set (std 0).
+            subset = min(kid_subset, max(2, n // 2))
+            kid = KernelInceptionDistance(feature=net, subset_size=subset, reset_real_features=True) if subset < n else None
     except (ModuleNotFoundError, ImportError, OSError, RuntimeError) as exc:
         raise ConfigError(
             f"FID feature {feature!r} is not available here ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}); "
             "InceptionV3 needs torch-fidelity (pip install torch-fidelity) and its weights in torch's cache"
         ) from None
-    fid, kid = fid.to(device), kid.to(device)
+    metrics = [m.to(device) for m in (fid, kid) if m is not None]
     r, f = _stack(real).to(torch.uint8), _stack(fake).to(torch.uint8)
-    for metric in (fid, kid):
+    for metric in metrics:
         for i in range(0, len(r), 32):
             metric.update(r[i : i + 32].to(device), real=True)
         for i in range(0, len(f), 32):
             metric.update(f[i : i + 32].to(device), real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "n": n, "feature": feature}
+    dim = int(metrics[0].real_features_sum.numel())
+    out: dict[str, Any] = {"fid": float(metrics[0].compute()), "kid": None, "kid_std": None, "kid_subset": None,
+                           "n": n, "feature": feature, "feature_dim": dim}  # fmt: skip
+    if kid is not None:
+        kid_mean, kid_std = metrics[1].compute()
+        out.update(kid=float(kid_mean), kid_std=float(kid_std), kid_subset=subset)
+    if n < dim:
+        out["warning"] = (f"FID from {n} images with {dim}-d features: the covariance is rank-deficient (n < {dim}), "
+                          "so the FID is biased high and not comparable to FIDs from more images")
+    return out
 
 
 # --------------------------------------------------------------------------- utility

@@ -20,6 +20,7 @@ report.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -39,7 +40,7 @@ from faceveil.evaluate.jsonio import clean_json, read_json, write_json
 from faceveil.evaluate.pairs import Pair, gallery_and_probes, pairs_from_labels, read_lfw_pairs, resolve_pairs
 
 VARIANT_LABELS = {"file": "untouched file", "stripped": "metadata stripped"}
-ROW_VERSION = 2  # bump when what a cached row / section holds changes: old caches are then not reused
+ROW_VERSION = 3  # bump when what a cached row / section holds changes: old caches are then not reused
 
 
 def variant_label(v: str) -> str:
@@ -188,10 +189,12 @@ def image_metrics(
     rows = []
     embs = {j.name: j.embed(images, faces).numpy() for j in ctx.judges}
     for k, f in enumerate(faces):
-        id_cos = {}
+        id_cos, id_dist = {}, {}
         for j in ctx.judges:
             e, o = torch.from_numpy(embs[j.name][k])[None], torch.from_numpy(ctx.clean[f.id].emb[j.name])[None]
             id_cos[j.name] = float(j.cosine(e, o)[0])
+            if j.is_distance:
+                id_dist[j.name] = -float(j.similarity(e, o)[0])
             arrays.setdefault(f.id, {})[f"{prefix}|{j.name}"] = embs[j.name][k]
         rows.append(
             {
@@ -200,6 +203,7 @@ def image_metrics(
                 "lpips": float(lp[k]),
                 "outside_max_abs": outside_mask_change(images[k], f.image if inputs is None else inputs[k], f.mask),
                 "id_cos": id_cos,
+                "id_dist": id_dist,
             }
         )
     return rows
@@ -339,6 +343,22 @@ def rank1_for(ctx: Context, judge: Any, probe_emb: dict[str, np.ndarray] | None)
     return rank1(judge.similarity_matrix(p, g), [labels[i] for i in gallery], [labels[i] for i in probes])
 
 
+def distance_summaries(judges: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Distance recognizers (dlib) in their own units: the distance to the original, and the share of
+    faces still matched at the recognizer's own threshold (dlib: same person below 0.6)."""
+    from faceveil.evaluate.metrics import summary
+
+    out: dict[str, Any] = {"id_dist": {}, "id_matched": {}}
+    for j in judges:
+        if not j.is_distance:
+            continue
+        d = np.array([r.get("id_dist", {}).get(j.name, math.nan) for r in rows], dtype=np.float64)
+        out["id_dist"][j.name] = {**summary(d), "threshold": j.threshold}
+        if j.threshold is not None and np.isfinite(d).any():
+            out["id_matched"][j.name] = float(np.mean(d[np.isfinite(d)] < j.threshold))
+    return out
+
+
 def aggregate_method(ctx: Context, method: Any, rows: dict[str, dict], embs: dict[str, dict[str, np.ndarray]], variants: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     from faceveil.evaluate.metrics import summary
 
@@ -354,6 +374,7 @@ def aggregate_method(ctx: Context, method: Any, rows: dict[str, dict], embs: dic
         "detection_rate": float(np.mean([bool(r["detected"]) for r in anon])) if anon else math.nan,
         "landmark_drift": summary([r["drift"] if r["drift"] is not None else math.nan for r in anon]),
         "id_cos": {j.name: summary([r["id_cos"][j.name] for r in anon]) for j in ctx.judges},
+        **distance_summaries(ctx.judges, anon),
     }
     plots: dict[str, Any] = {"id_cos": {j.name: [r["id_cos"][j.name] for r in anon] for j in ctx.judges}, "scores": {}}
     if method.recoverable:
@@ -370,6 +391,7 @@ def aggregate_method(ctx: Context, method: Any, rows: dict[str, dict], embs: dic
                 "exact": float(np.mean([math.isinf(r["psnr"]) for r in rr])),
                 "outside_unchanged": float(np.mean([r["outside_max_abs"] == 0 for r in rr])),
                 "id_cos": {j.name: summary([r["id_cos"][j.name] for r in rr]) for j in ctx.judges},
+                **distance_summaries(ctx.judges, rr),
             }
             if any("mask_found" in r for r in rr):
                 rec[v]["mask_redetected"] = float(np.mean([bool(r.get("mask_found")) for r in rr]))
@@ -459,6 +481,7 @@ def run_diversity(ctx: Context, methods: list[Any]) -> tuple[dict[str, Any], dic
 
 def build_methods(cfg: EvalConfig, key: Any, notes: Notes, device: Any, dtype: Any) -> list[Any]:
     from faceveil.evaluate.baselines import BlackBoxMethod, BlurMethod, PixelateMethod
+    from faceveil.evaluate.exports import adapter_settings
     from faceveil.evaluate.methods import ObfuscationMethod, OursMethod, PublishedMethod
     from faceveil.models.backbones import load_backbone
     from faceveil.models.pipeline import Settings
@@ -484,7 +507,8 @@ def build_methods(cfg: EvalConfig, key: Any, notes: Notes, device: Any, dtype: A
             if not cfg.model.adapter:
                 notes.note("method ours-adapters skipped: no export folder with trained adapters (model.adapter)")
                 continue
-            methods.append(OursMethod("ours-adapters", "faceveil (trained adapters)", backbone(cfg.model.adapter), settings(), key))
+            adapted = backbone(cfg.model.adapter)
+            methods.append(OursMethod("ours-adapters", "faceveil (trained adapters)", adapted, adapter_settings(cfg, adapted, notes), key))
         elif name == "published":
             methods.append(
                 PublishedMethod(
@@ -493,9 +517,9 @@ def build_methods(cfg: EvalConfig, key: Any, notes: Notes, device: Any, dtype: A
                 )
             )  # fmt: skip
         elif name == "blur":
-            methods.append(ObfuscationMethod(BlurMethod(cfg.baselines.blur_sigma), f"Gaussian blur (sigma {cfg.baselines.blur_sigma:g} x side)"))
+            methods += [ObfuscationMethod(BlurMethod(s), f"Gaussian blur (sigma {s:g} x side)", s) for s in cfg.baselines.blur_sigma]
         elif name == "pixelate":
-            methods.append(ObfuscationMethod(PixelateMethod(cfg.baselines.pixel_blocks), f"pixelation ({cfg.baselines.pixel_blocks} blocks across)"))
+            methods += [ObfuscationMethod(PixelateMethod(b), f"pixelation ({b} blocks across)", b) for b in cfg.baselines.pixel_blocks]
         elif name == "blackbox":
             methods.append(ObfuscationMethod(BlackBoxMethod(cfg.baselines.box_value), "black box"))
     return methods
@@ -546,12 +570,16 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
 def _run(cfg: EvalConfig) -> dict[str, Any]:
     from faceveil.cli.common import quiet_libraries, resolve_device, resolve_dtype
     from faceveil.data.detect_dlib import DlibDetector
-    from faceveil.evaluate.judges import load_judges
+    from faceveil.evaluate.judges import headline_judge, load_judges
     from faceveil.evaluate.metrics import Lpips
+
+    from faceveil.evaluate.exports import apply_training_size
 
     t_start = time.perf_counter()
     quiet_libraries()
     notes = Notes()
+    cfg = copy.deepcopy(cfg)
+    apply_training_size(cfg, notes)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     from faceveil.config import dump_config
@@ -591,6 +619,9 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         rows, embs, folder = process_method(ctx, m, variants)
         folders[m.name] = folder
         results[m.name], plots[m.name] = aggregate_method(ctx, m, rows, embs, variants)
+    from faceveil.evaluate.sweep import keep_strongest
+
+    methods, sweeps = keep_strongest(methods, results, plots, folders, headline_judge(judges).name)
 
     # FID / KID of the anonymized probes against the originals.
     if cfg.metrics.fid.enabled:
@@ -609,6 +640,9 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
             except (ConfigError, InputError) as exc:
                 notes.note(f"FID/KID not computed: {exc}")
                 break
+            warning = results[m.name]["fid"].pop("warning", None)
+            if warning and warning not in notes.messages:
+                notes.note(warning)
 
     clean_summary = clean_results(ctx)
 
@@ -637,9 +671,11 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
                  "genuine_pairs": sum(p.same for p in pairs), "impostor_pairs": sum(not p.same for p in pairs),
                  "skipped_inputs": len(notes.skipped_inputs)},
         "recognizers": [j.name for j in judges],
+        "headline_recognizer": headline_judge(judges).name,
         "variants": variants,
         "clean": clean_summary,
         "methods": results,
+        "sweeps": sweeps,
         "diversity": diversity,
         "security": security,
         "nonce_scan": nonce_scan,
@@ -682,6 +718,11 @@ def clean_results(ctx: Context) -> dict[str, Any]:
             r = tar_at_far(sc.genuine, sc.impostor, ctx.cfg.pairs.far)
             out["verification"][j.name] = {"tar": r.tar, "far": r.far, "threshold": r.threshold, "auc": roc_auc(sc.genuine, sc.impostor),
                                            "n_genuine": r.n_genuine, "n_impostor": r.n_impostor}  # fmt: skip
+            if j.is_distance and j.threshold is not None:  # at the recognizer's own threshold, not one fitted here
+                out["verification"][j.name]["native"] = {
+                    "threshold": j.threshold, "tar": float(np.mean(-sc.genuine < j.threshold)),
+                    "far": float(np.mean(-sc.impostor < j.threshold)),
+                }
         out["rank1"][j.name] = rank1_for(ctx, j, None)
     found = [ctx.clean[i].box is not None for i in ctx.probes if i in ctx.clean]
     out["detection_rate"] = float(np.mean(found)) if found else math.nan

@@ -114,6 +114,16 @@ def test_fid_kid_with_a_local_feature_network(tmp_path) -> None:
     assert exported["fid"] == pytest.approx(other["fid"], rel=1e-4)
 
 
+def test_kid_subsets_are_smaller_than_the_set_and_small_n_fid_warns() -> None:
+    real = _images(12, seed=4)
+    fake = [np.zeros_like(i) for i in real]
+    r = fid_kid(real, fake, "tiny", kid_subset=1000)
+    assert r["kid_subset"] == 6 and r["kid_std"] > 0  # subsets of half the set: they differ, so the std is real
+    assert r["feature_dim"] > 12 and "rank-deficient" in r["warning"]
+    two = fid_kid(real[:2], fake[:2], "tiny", kid_subset=1000)
+    assert two["kid"] is None and two["fid"] > 0  # no subset smaller than 2 images: KID is not computed
+
+
 def test_feature_network_specs() -> None:
     assert feature_network("inception") == 2048 and feature_network("inception:192") == 192
     assert isinstance(feature_network("tiny"), TinyFeatures)

@@ -43,7 +43,7 @@ class ModelSection:
     # tiny / random:r50 (random weights), insightface:buffalo_l, onnx:PATH, arcface_torch:[ARCH:]PATH.
     identity: str = "tiny"
     identity_seed: int = 0
-    identity_crop: str = "arcface112"
+    identity_crop: str = "ffhq"  # the shards are FFHQ-aligned (faceveil.data.align); used when identity_landmarks is false
     # Align faces for the identity net with the shards' 5-point landmarks (else a fixed crop).
     identity_landmarks: bool = True
     # Activation checkpointing inside the UNet blocks and the autoencoder (the losses back-propagate
