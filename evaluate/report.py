@@ -160,7 +160,7 @@ def identity_tables(m: dict[str, Any]) -> str:
 
 
 def recovery_table(m: dict[str, Any]) -> str:
-    from faceveil.evaluate.run import variant_label
+    from faceveil.evaluate.context import variant_label
 
     judges = m["recognizers"]
     head = m.get("headline_recognizer") or judges[0]

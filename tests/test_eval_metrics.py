@@ -23,7 +23,7 @@ from faceveil.evaluate.metrics import (
     summary,
 )
 from faceveil.evaluate.pairs import Pair
-from faceveil.evaluate.run import pair_scores
+from faceveil.evaluate.scoring import pair_scores
 from faceveil.evaluate.verification import tar_far, threshold_at_far
 from faceveil.models.recognizers import cosine_similarity
 
