@@ -379,3 +379,23 @@ def test_recover_refuses_other_weights_unless_forced(exported, faces, tmp_path, 
         rc, err = recover(veiled, out, *extra)
         assert rc == 0 and "wrong weights" not in err
         assert np.array_equal(np.array(Image.open(tmp_path / out / "f.png").convert("RGB")), images[0])
+
+
+def test_evaluation_runs_an_export_at_its_recorded_size_and_settings(exported, tmp_path):
+    from faceveil.evaluate.config import load_eval_config
+    from faceveil.evaluate.run import resolve_config_path, run_evaluation
+
+    cfg = load_eval_config(resolve_config_path("tiny.yaml"), [
+        f"output={tmp_path / 'eval'}", f"model.adapter={exported}", "methods=[ours-adapters]", "model.steps=10",
+        "model.transform=signflip", "data.size=128", "data.limit=2", "metrics.recognizers=[dlib]", "metrics.jpeg_qualities=[]",
+        "metrics.stripped=false", "metrics.fid.enabled=false", "security.enabled=false", "diversity.enabled=false",
+        "figures=false", "progress=false",
+    ])  # fmt: skip
+    m = run_evaluation(cfg)
+    assert m["config"]["data"]["size"] == 64  # the export was trained at 64 px
+    files = list((tmp_path / "eval" / "cache").glob("ours-adapters-*/*.png"))
+    header = read_header(next(f for f in files if not f.name.endswith(".rec.png")))
+    assert (header["scheme"], header["steps"], header["transform"]) == ("exact", 6, "shuffle")  # the manifest's, not model.*
+    assert header["adapter_hash"] == file_sha256(exported / LORA_WEIGHTS)
+    assert m["methods"]["ours-adapters"]["recovery"]["file"]["exact"] == 1.0
+    assert any("trained at 64 px" in n for n in m["notes"]) and any("recorded settings" in n for n in m["notes"])
