@@ -276,8 +276,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
     if cfg.objective.perceptual_weight > 0:
         lpips_net = build_lpips(cfg.objective.perceptual_net, cfg.objective.perceptual_backbone).to(device)
     frozen = Frozen(backbone=backbone, identity=identity, lpips=lpips_net)
-    model = VeilModel(unet, frozen, cfg.objective)
-    objective = Objective(cfg.objective, frozen, cfg.anonymize.transform)
+    settings = Settings(scheme=cfg.anonymize.scheme, steps=cfg.anonymize.steps, transform=cfg.anonymize.transform)
+    model = VeilModel(unet, frozen, cfg.objective, settings)
+    objective = Objective(cfg.objective, frozen, settings)
     n_trainable = sum(p.numel() for p in params)
 
     lr = cfg.optim.lr
@@ -371,7 +372,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_ckpt: Path | None) -> TrainRe
     accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
     metrics_path = run_dir / METRICS_FILE
     samples_dir = run_dir / "samples"
-    settings = Settings(scheme=cfg.anonymize.scheme, steps=cfg.anonymize.steps, transform=cfg.anonymize.transform)
     history: dict[str, dict[str, float]] = {}
 
     def log(record: dict[str, float], at: int) -> None:
