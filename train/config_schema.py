@@ -62,6 +62,7 @@ class ModelSection:
 class LoraSection:
     rank: int = 8
     alpha: float = 8.0
+    # Acts only in the differentiable training forward: inversion, keying and validation run the UNet in eval mode.
     dropout: float = 0.0
     # Attention projections of every diffusers Attention block.
     targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
@@ -89,7 +90,10 @@ class ObjectiveSection:
     #   steps that decide identity), then the DDIM x0-prediction as the clean end; cost K calls.
     # full: the whole sampling trajectory with gradients (anonymize's own clean latents); cost
     #   anonymize.steps calls, memory bounded by checkpoint_steps.
-    unroll: str = "shortcut"
+    # Default full: on tiny (20 exact steps) the K = 2 shortcut's identity gradient has cosine 0.18 with the
+    # full trajectory's and its clean latents miss anonymize's by 4.3 (mean abs, inside the mask);
+    # see README "Training" and python -m faceveil.train.unroll_study.
+    unroll: str = "full"
     # K: differentiable UNet calls for the shortcut (unused by full).
     grad_steps: int = 2
     # Checkpoint each differentiable UNet call (keep only its input latent; recompute it in backward).
@@ -130,8 +134,11 @@ class DataSection:
     # On --resume: skip replays the stream to the saved position (bit-identical continuation, costs
     # decoding time); reseed starts a fresh stream seeded by the step (instant, statistically equivalent).
     resume: str = "skip"
-    # Validation images: the first val_images faces of val_shards (default: shards).
+    # Validation images: the first val_images faces of val_shards; with val_shards unset, of the
+    # faces held out of training: the identities (labels; the source photo for unlabelled faces)
+    # whose fixed hash falls below val_holdout (faceveil.train.validation.held_out).
     val_shards: str | None = None
+    val_holdout: float = 0.25
     val_images: int = 4
 
 
@@ -175,6 +182,8 @@ class OutputSection:
     # image grid original | anonymized | recovered | wrong key) every N steps, at step 0 and at the end.
     validate_every: int = 500
     validate_at_start: bool = True
+    # Also judge validation with dlib's face descriptor (an independent recognizer; offline).
+    val_dlib: bool = True
     progress: bool = True
 
 
@@ -239,6 +248,10 @@ def check_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{at('objective.grad_steps')}: K = {cfg.objective.grad_steps} exceeds anonymize.steps = {cfg.anonymize.steps}")
     if cfg.anonymize.scheme == "exact" and cfg.anonymize.steps < 2:
         raise ConfigError(f"{at('anonymize.steps')}: the exact scheme needs at least 2 steps")
+    if not 0 <= cfg.data.val_holdout < 1:
+        raise ConfigError(f"{at('data.val_holdout')}: must be in [0, 1)")
+    if cfg.data.val_shards is None and cfg.data.val_holdout == 0:
+        raise ConfigError(f"{at('data.val_holdout')}: 0 holds no faces out; set data.val_shards to validate on other data")
     if not 0 <= cfg.lora.dropout < 1:
         raise ConfigError(f"{at('lora.dropout')}: must be in [0, 1)")
     if cfg.data.num_workers < 0 or cfg.optim.warmup_steps < 0 or cfg.data.shuffle < 0 or cfg.train.cpu_threads < 0:
