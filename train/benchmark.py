@@ -2,8 +2,8 @@
 
 Builds a backbone layout with random weights (``build_backbone(name, random_weights=True)``),
 adds the LoRA adapter, and runs the training step exactly as the training loop does
-(no-gradient inversion + keying, then the losses through K differentiable sampling steps,
-backward, AdamW step) on synthetic faces, under bf16 autocast on CUDA (fp32 weights for
+(no-gradient lift, inversion and keying with the deployed scheme, then the losses through the
+differentiable sampling trajectory, backward, AdamW step) on synthetic faces, under bf16 autocast on CUDA (fp32 weights for
 LoRA, frozen weights in bf16). Prints one JSON object: median step time, its no-gradient
 and gradient parts, images/s, peak memory. Examples::
 
@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--scheme", default="exact", help="anonymize.scheme (the trajectory trained on)")
     p.add_argument("--anonymize-steps", type=int, default=50, help="anonymize.steps")
-    p.add_argument("--grad-steps", type=int, default=2, help="K")
-    p.add_argument("--unroll", default="shortcut", choices=("shortcut", "full"))
+    p.add_argument("--grad-steps", type=int, default=8, help="K (shortcut)")
+    p.add_argument("--unroll", default="full", choices=("shortcut", "full"), help="objective.unroll")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--identity", default="random:r50", help="identity net spec (random weights: random:r50, tiny)")
     p.add_argument("--perceptual-weight", type=float, default=0.1)
