@@ -81,3 +81,18 @@ def test_validation_and_keying_are_unchanged_by_lora_dropout(shards):
     assert m0 == m1 and np.array_equal(g0, g1)
     assert m0["val/recovery_latent_error"] <= 1e-4
     assert torch.equal(starts[0], starts[1])
+
+
+@pytest.mark.parametrize(("holdout", "message"), [(0.001, "no validation faces"), (0.999, "every face .* is held out")])
+def test_an_empty_split_fails_at_start(tmp_path, holdout, message):
+    from pathlib import Path
+
+    from faceveil.errors import ConfigError
+    from faceveil.train.config_schema import load_train_config
+    from faceveil.train.loop import train
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    cfg = load_train_config(tiny, [f"output.run_dir={tmp_path}", f"data.val_holdout={holdout}", "output.progress=false",
+                                   "output.val_dlib=false"])
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)

@@ -184,6 +184,11 @@ class RecipeSetup:
         if cfg.data.val_shards is None:  # validate on identities held out of training
             train_select = lambda s: not held_out(s, cfg.data.val_holdout)  # noqa: E731
             val_select = lambda s: held_out(s, cfg.data.val_holdout)  # noqa: E731
+        if train_select is not None:  # a resampled stream with nothing to give would wait forever
+            from faceveil.data.loader import make_dataset
+
+            if next(iter(make_dataset(shards, cfg.data.image_size, factor, shuffle=0, split=False, select=train_select)), None) is None:
+                raise ConfigError(f"every face in {shards} is held out at data.val_holdout = {cfg.data.val_holdout}; lower it")
         self.val_batch = None
         # Starting a DataLoader draws a base seed from torch's RNG: keep that out of the training stream,
         # so a resumed run's stream is exactly the saved one.
