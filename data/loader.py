@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -146,12 +146,14 @@ def make_dataset(
     resampled: bool = False,
     seed: int = 0,
     split: bool = True,
+    select: Callable[[dict[str, Any]], bool] | None = None,
 ) -> wds.DataPipeline:
     """The per-sample pipeline (no batching): an iterable of decoded sample dicts.
 
     ``shuffle``: sample shuffle buffer size (0: keep shard order, and no shard
     shuffling). ``split=False`` reads every shard in every process (e.g. when
-    each process evaluates the whole set).
+    each process evaluates the whole set). ``select``: keep only the decoded
+    samples it accepts (e.g. a held-out split).
     """
     if image_size % latent_factor:
         raise InputError(f"image size {image_size} is not a multiple of the latent factor {latent_factor}")
@@ -171,6 +173,8 @@ def make_dataset(
     if shuffle > 0:
         stages.append(_ShuffleSamples(shuffle, seed))
     stages.append(wds.map(partial(decode_face, image_size=image_size, latent_factor=latent_factor), handler=log_and_continue))
+    if select is not None:
+        stages.append(wds.select(select))
     return wds.DataPipeline(*stages)
 
 
@@ -185,6 +189,7 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     split: bool = True,
+    select: Callable[[dict[str, Any]], bool] | None = None,
 ) -> wds.WebLoader:
     """Batches of faces (see the module docstring); iterate it directly, do not ``accelerator.prepare`` it."""
     shards = resolve_urls(urls)
@@ -192,6 +197,6 @@ def make_loader(
     readers = world_size * max(num_workers, 1)
     if split and not resampled and len(shards) < readers:
         logger.warning("%d shard(s) for %d readers (%d process(es) x %d worker(s)): some read nothing", len(shards), readers, world_size, max(num_workers, 1))
-    dataset = make_dataset(shards, image_size, latent_factor, shuffle, resampled, seed, split)
+    dataset = make_dataset(shards, image_size, latent_factor, shuffle, resampled, seed, split, select)
     dataset = dataset.compose(wds.batched(batch_size, collation_fn=collate, partial=not drop_last))
     return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)

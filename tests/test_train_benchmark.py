@@ -19,7 +19,7 @@ def test_benchmark_tiny_cpu():
     try:
         with contextlib.redirect_stdout(buf):
             rc = main(["--backbone", "tiny", "--size", "64", "--batch-size", "2", "--steps", "2", "--warmup", "1",
-                       "--invert-steps", "4", "--identity", "tiny", "--device", "cpu"])
+                       "--anonymize-steps", "4", "--identity", "tiny", "--device", "cpu"])
     finally:
         torch.set_num_threads(n)
     assert rc == 0

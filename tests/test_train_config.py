@@ -66,7 +66,7 @@ def test_wrong_type_fails():
     [
         ("objective.grad_steps=50", "objective.grad_steps"),
         ("anonymize.scheme=edict", "anonymize.scheme"),
-        ("objective.unroll=full", "objective.unroll"),
+        ("objective.unroll=truncated", "objective.unroll"),
         ("train.mixed_precision=fp8", "train.mixed_precision"),
         ("objective.identity_weight=-1", "objective.identity_weight"),
         ("lora.rank=0", "lora.rank"),
@@ -75,6 +75,18 @@ def test_wrong_type_fails():
 def test_semantic_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_train_config(CONFIGS / "tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("key", ["objective.steps", "objective.invert_scheme"])
+def test_removed_objective_keys_fail_with_what_replaced_them(tmp_path, key):
+    """Training runs the deployed trajectory now: an old config that sets its own steps or scheme fails at load."""
+    value = "ddim" if key.endswith("scheme") else "8"
+    with pytest.raises(ConfigError, match=rf"key '{key}' was removed: .*anonymize\."):
+        load_train_config(CONFIGS / "tiny.yaml", [f"{key}={value}"])
+    old = tmp_path / "old.yaml"
+    old.write_text(f"objective:\n  {key.split('.')[1]}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"old\.yaml: key '{key}' was removed"):
+        load_train_config(old)
 
 
 def test_flat_hparams_are_scalars():

@@ -25,7 +25,7 @@ from faceveil.train.lora import LORA_WEIGHTS, load_lora
 from faceveil.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["anonymize.steps=6", "objective.steps=4", "data.batch_size=2", "data.val_images=2", "output.progress=false",
+FAST = ["anonymize.steps=6", "data.batch_size=2", "data.val_images=2", "output.progress=false",
         "output.validate_at_start=false", "train.max_steps=2", "objective.key_seed=0", "train.cpu_threads=1"]
 
 

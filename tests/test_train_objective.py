@@ -14,12 +14,12 @@ from faceveil.data.sample_set import build_sample_shards
 from faceveil.keys import SecretKey
 from faceveil.models.backbones import build_backbone
 from faceveil.models.identity import load_identity_encoder
-from faceveil.models.inversion import make_scheme
+from faceveil.models.inversion import quantize
 from faceveil.models.pipeline import Anonymizer, Settings, to_tensor, to_uint8
-from faceveil.models.schedule import Schedule
 from faceveil.train.config_schema import ObjectiveSection
 from faceveil.train.lora import add_lora, lora_config
 from faceveil.train.objective import Batch, Frozen, Objective, VeilModel, build_lpips, draw_keys
+from faceveil.train.trajectory import ste_quantize
 from faceveil.train.validation import backbone_view, validate
 
 SIZE = 64
@@ -48,35 +48,119 @@ def test_draw_keys_seeded_and_random():
     assert r1[0].material != r2[0].material and rn1[0] != rn2[0] and all(len(n) == 16 for n in rn1)
 
 
-@pytest.mark.parametrize("unroll", ["shortcut", "truncated"])
-def test_unroll_with_all_steps_is_ddim_sampling(unroll):
-    """With K = steps (shortcut) or any K (truncated) the unroll is plain DDIM sampling, step for step."""
-    bb = build_backbone("tiny")
-    cfg = ObjectiveSection(steps=5, grad_steps=5 if unroll == "shortcut" else 2, unroll=unroll, checkpoint_steps=True)
-    model = VeilModel(bb.unet, Frozen(bb, identity=torch.nn.Identity()), cfg)
+def _model(bb, settings, **objective):
+    cfg = ObjectiveSection(**objective)
+    frozen = Frozen(bb, identity=torch.nn.Identity())
+    return VeilModel(bb.unet, frozen, cfg, settings)
+
+
+def _noise_state(bb, settings, b=2):
+    """A keyed noise-end state and conditioning as anonymize makes them, from random clean latents."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    cond = {"mask": torch.ones(2, 1, 8, 8), "masked_latents": torch.randn(2, 4, 8, 8, generator=g)}
+    cond = {"mask": torch.ones(b, 1, 8, 8), "masked_latents": torch.randn(b, 4, 8, 8, generator=g)}
     eps = lambda z, t: bb.eps(z, t, cond)  # noqa: E731
-    ref = make_scheme("ddim", Schedule.from_scheduler(bb.scheduler, 5)).sample(x[:, None], eps)[:, 0]
-    with torch.no_grad():
-        out = model.unroll(x, cond)
-    assert torch.allclose(out, ref, atol=1e-5)
+    an = Anonymizer(bb, settings)
+    clean = an.scheme.lift(torch.randn(b, 4, 8, 8, generator=g), eps)
+    key_fn = an.key_fn(torch.ones(b, 1, 8, 8, dtype=torch.bool), SecretKey(bytes(32)), [bytes([i]) * 16 for i in range(b)])
+    return an.keyed_noise(clean, eps, key_fn), cond, eps, an
+
+
+@pytest.mark.parametrize("scheme", ["exact", "ddim"])
+def test_full_unroll_is_the_schemes_sampling_bit_for_bit(scheme):
+    """unroll=full walks the deployed scheme's levels with its arithmetic: the same bits as scheme.sample,
+    with gradients enabled and each UNet call checkpointed."""
+    bb = build_backbone("tiny")
+    settings = Settings(scheme, 5, "shuffle")
+    state, cond, eps, an = _noise_state(bb, settings)
+    ref = an.scheme.endpoint(an.scheme.sample(state, eps)).float()
+    out = _model(bb, settings, unroll="full", checkpoint_steps=True).unroll(state, cond)
+    assert torch.equal(out.detach(), ref)
 
 
 def test_shortcut_ends_with_the_x0_prediction():
+    """K = 1: one differentiable call at the noise end, then the DDIM move from level N straight to level 0."""
     bb = build_backbone("tiny")
-    cfg = ObjectiveSection(steps=6, grad_steps=1, unroll="shortcut")
-    model = VeilModel(bb.unet, Frozen(bb, identity=torch.nn.Identity()), cfg)
-    x = torch.randn(1, 4, 8, 8)
-    cond = {"mask": torch.ones(1, 1, 8, 8), "masked_latents": torch.zeros(1, 4, 8, 8)}
+    settings = Settings("exact", 6, "shuffle")
+    state, cond, _, _ = _noise_state(bb, settings, b=1)
+    model = _model(bb, settings, unroll="shortcut", grad_steps=1)
     s = model.schedule
     with torch.no_grad():
+        x = state[:, 0]
         e = bb.eps(x, s.timestep(6), cond)
         a0, a6 = s.alphas[0], s.alphas[6]
         x0 = (x - math.sqrt(1 - a6) * e) / math.sqrt(a6)
         expected = math.sqrt(a0) * x0 + math.sqrt(1 - a0) * e  # DDIM move to level 0
-        assert torch.allclose(model.unroll(x, cond), expected, atol=1e-5)
+        assert torch.allclose(model.unroll(state, cond), expected.float(), atol=1e-5)
+
+
+def test_straight_through_rounding_keeps_the_bits_and_passes_the_gradient():
+    x = (torch.randn(1000, dtype=torch.float64) * 5).requires_grad_(True)
+    y = ste_quantize(x)
+    assert torch.equal(y.detach(), quantize(x.detach()))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+@pytest.fixture(scope="module")
+def lora_tiny():
+    """The tiny backbone with a random (non-zero) LoRA adapter, and its parameters."""
+    torch.manual_seed(0)
+    bb = build_backbone("tiny")
+    params = add_lora(bb.unet, lora_config(8, 8, ["to_q", "to_k", "to_v", "to_out.0"], ["conv1", "conv2"]))
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    return bb, params
+
+
+def test_training_forward_gives_anonymizes_clean_latents(faces, lora_tiny):
+    """One trajectory: with the shortcut off, the training forward pass (inversion and keying without
+    gradients, sampling with gradients) gives the clean latents that Anonymizer.anonymize stores, for
+    the same key, nonces and weights."""
+    bb, _ = lora_tiny
+    settings = Settings("exact", 8, "shuffle")
+    cfg = ObjectiveSection(unroll="full", checkpoint_steps=True)
+    frozen = Frozen(bb, load_identity_encoder("tiny"))
+    model = VeilModel(bb.unet, frozen, cfg, settings)
+    images = np.ascontiguousarray(to_uint8(faces["image"]))
+    masks = (faces["mask"][:, 0] > 0.5).numpy()
+    batch = Batch.from_loader({**faces, "image": to_tensor(images)}, torch.device("cpu"))
+    keys, nonces = draw_keys(len(images), 0, "same")
+    inputs = Objective(cfg, frozen, settings).training_inputs(model, batch, [keys[0]] * len(images), nonces)
+    x0 = model.unroll(inputs["start"], inputs["cond"])
+    assert x0.grad_fn is not None  # the training pass, with gradients
+    # The same batching as the training pass: the same bits.
+    plain = Anonymizer(bb, settings, batch_invariant=False).anonymize(list(images), list(masks), keys[0], nonces)
+    assert torch.equal(x0.detach(), torch.stack([v.state[0] for v in plain]).float())
+    # anonymize's default (each image alone): float tolerance.
+    veiled = Anonymizer(bb, settings).anonymize(list(images), list(masks), keys[0], nonces)
+    real = torch.stack([v.state[0] for v in veiled]).float()
+    assert float((x0.detach() - real).abs().max()) < 1e-3
+    # Another key gives other latents: the comparison has teeth.
+    other = Objective(cfg, frozen, settings).training_inputs(model, batch, [keys[1]] * len(images), nonces)
+    with torch.no_grad():
+        assert float((model.unroll(other["start"], other["cond"]) - real).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("unroll", ["shortcut", "full"])
+def test_identity_loss_alone_gives_lora_gradients(faces, unroll):
+    """Only the identity loss on, a fresh adapter (B = 0): every LoRA B matrix gets a non-zero gradient."""
+    torch.manual_seed(0)
+    bb = build_backbone("tiny")
+    params = add_lora(bb.unet, lora_config(8, 8, ["to_q", "to_k", "to_v", "to_out.0"], ["conv1", "conv2"]))
+    settings = Settings("exact", 6, "shuffle")
+    cfg = ObjectiveSection(unroll=unroll, grad_steps=2, identity_weight=1.0, prior_weight=0.0, perceptual_weight=0.0,
+                           wrong_key_weight=0.0)
+    frozen = Frozen(bb, load_identity_encoder("tiny"))
+    model = VeilModel(bb.unet, frozen, cfg, settings)
+    keys, nonces = draw_keys(4, 0, "grad")
+    out = model("losses", **Objective(cfg, frozen, settings).training_inputs(model, Batch.from_loader(faces, torch.device("cpu")), keys, nonces))
+    assert float(out["prior"]) == 0 and float(out["perceptual"]) == 0 and float(out["wrong_key"]) == 0
+    out["loss"].backward()
+    named = dict(bb.unet.named_parameters())
+    b_norms = [float(p.grad.norm()) for n, p in named.items() if ".lora_B" in n]
+    assert b_norms and min(b_norms) > 1e-8, b_norms
+    assert float(torch.cat([p.grad.flatten() for p in params]).norm()) > 1e-4
 
 
 def _real_cos(bb, identity, images, masks, landmarks, ref, steps=8):
@@ -93,11 +177,12 @@ def test_training_shifts_identity_and_recovery_stays_exact(faces):
     bb = build_backbone("tiny")
     params = add_lora(bb.unet, lora_config(8, 8, ["to_q", "to_k", "to_v", "to_out.0"], ["conv1", "conv2"]))
     identity = load_identity_encoder("tiny")
-    cfg = ObjectiveSection(steps=8, grad_steps=2, checkpoint_steps=False, prior_weight=0.1, perceptual_weight=0.1,
+    cfg = ObjectiveSection(grad_steps=2, checkpoint_steps=False, prior_weight=0.1, perceptual_weight=0.1,
                            perceptual_backbone="random", wrong_key_weight=0.5)
     frozen = Frozen(bb, identity, build_lpips("alex", "random"))
-    model = VeilModel(bb.unet, frozen, cfg)
-    objective = Objective(cfg, frozen, "shuffle")
+    settings = Settings("exact", 8, "shuffle")
+    model = VeilModel(bb.unet, frozen, cfg, settings)
+    objective = Objective(cfg, frozen, settings)
     opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
     batch = Batch.from_loader(faces, torch.device("cpu"))
     images = np.ascontiguousarray(to_uint8(faces["image"]))
@@ -150,14 +235,15 @@ def test_objective_runs_without_inpainting_conditioning():
     bb = dataclasses.replace(tiny, unet=unet, prompt_embeds=None)
     assert not bb.inpainting
     params = add_lora(unet, lora_config(4, 4, ["to_q", "to_k", "to_v", "to_out.0"]))
-    cfg = ObjectiveSection(steps=4, grad_steps=2, perceptual_weight=0.0, wrong_key_weight=0.0)
+    cfg = ObjectiveSection(grad_steps=2, perceptual_weight=0.0, wrong_key_weight=0.0)
     frozen = Frozen(bb, load_identity_encoder("tiny"))
-    model = VeilModel(unet, frozen, cfg)
+    settings = Settings("exact", 4, "signflip")
+    model = VeilModel(unet, frozen, cfg, settings)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1
     mask = torch.zeros(2, 1, SIZE, SIZE)
     mask[..., 16:48, 16:48] = 1
     keys, nonces = draw_keys(2, 0)
-    out = model("losses", **Objective(cfg, frozen, "signflip").training_inputs(model, Batch(images, mask, None), keys, nonces))
+    out = model("losses", **Objective(cfg, frozen, settings).training_inputs(model, Batch(images, mask, None), keys, nonces))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in params)

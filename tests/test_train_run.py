@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 FAST = [
     "anonymize.steps=4",
-    "objective.steps=4",
     "data.batch_size=2",
     "data.val_images=2",
     "data.shuffle=8",

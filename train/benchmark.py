@@ -2,8 +2,8 @@
 
 Builds a backbone layout with random weights (``build_backbone(name, random_weights=True)``),
 adds the LoRA adapter, and runs the training step exactly as the training loop does
-(no-gradient inversion + keying, then the losses through K differentiable sampling steps,
-backward, AdamW step) on synthetic faces, under bf16 autocast on CUDA (fp32 weights for
+(no-gradient lift, inversion and keying with the deployed scheme, then the losses through the
+differentiable sampling trajectory, backward, AdamW step) on synthetic faces, under bf16 autocast on CUDA (fp32 weights for
 LoRA, frozen weights in bf16). Prints one JSON object: median step time, its no-gradient
 and gradient parts, images/s, peak memory. Examples::
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from faceveil.models.backbones import build_backbone
     from faceveil.models.identity import load_identity_encoder
+    from faceveil.models.settings import Settings
     from faceveil.train.config_schema import ObjectiveSection
     from faceveil.train.lora import add_lora, lora_config
     from faceveil.train.objective import Frozen, Objective, VeilModel, build_lpips, draw_keys
@@ -71,12 +72,13 @@ def run(args: argparse.Namespace) -> dict:
         unet.compile()
     identity = load_identity_encoder(args.identity, device=device)
     lp = build_lpips("alex", "random").to(device) if args.perceptual_weight > 0 else None
-    ocfg = ObjectiveSection(steps=args.invert_steps, grad_steps=args.grad_steps, unroll=args.unroll,
+    ocfg = ObjectiveSection(grad_steps=args.grad_steps, unroll=args.unroll,
                             checkpoint_steps=args.checkpoint_steps, perceptual_weight=args.perceptual_weight,
                             wrong_key_weight=args.wrong_key_weight)
     frozen = Frozen(backbone=backbone, identity=identity, lpips=lp)
-    model = VeilModel(unet, frozen, ocfg)
-    objective = Objective(ocfg, frozen, "shuffle")
+    settings = Settings(scheme=args.scheme, steps=args.anonymize_steps, transform="shuffle")
+    model = VeilModel(unet, frozen, ocfg, settings)
+    objective = Objective(ocfg, frozen, settings)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     batch = synthetic_batch(args.batch_size, args.size)
     batch.images, batch.mask, batch.landmarks = (t.to(device) for t in (batch.images, batch.mask, batch.landmarks))
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
         "lora_rank": args.rank,
         "trainable_params": sum(p.numel() for p in params),
         "unet_params": sum(p.numel() for p in unet.parameters()),
-        "invert_steps": args.invert_steps,
+        "scheme": args.scheme,
+        "anonymize_steps": args.anonymize_steps,
         "grad_steps": args.grad_steps,
         "unroll": args.unroll,
         "wrong_key_branch": args.wrong_key_weight > 0,
@@ -158,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--invert-steps", type=int, default=10, help="objective.steps")
-    p.add_argument("--grad-steps", type=int, default=2, help="K")
-    p.add_argument("--unroll", default="shortcut", choices=("shortcut", "truncated"))
+    p.add_argument("--scheme", default="exact", help="anonymize.scheme (the trajectory trained on)")
+    p.add_argument("--anonymize-steps", type=int, default=50, help="anonymize.steps")
+    p.add_argument("--grad-steps", type=int, default=8, help="K (shortcut)")
+    p.add_argument("--unroll", default="full", choices=("shortcut", "full"), help="objective.unroll")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--identity", default="random:r50", help="identity net spec (random weights: random:r50, tiny)")
     p.add_argument("--perceptual-weight", type=float, default=0.1)

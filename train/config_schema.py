@@ -22,7 +22,12 @@ from faceveil.errors import ConfigError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 WEIGHT_DTYPES = ("auto", "float32", "float16", "bfloat16")
-UNROLL = ("shortcut", "truncated")
+UNROLL = ("shortcut", "full")
+# Keys that no longer exist, with what replaced them (a config that sets one fails at load).
+REMOVED_KEYS = {
+    "objective.steps": "training now samples over anonymize.steps, the deployed trajectory",
+    "objective.invert_scheme": "training now inverts with anonymize.scheme, the deployed trajectory",
+}
 PERCEPTUAL_NETS = ("alex", "vgg", "squeeze")
 PERCEPTUAL_BACKBONES = ("pretrained", "random")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -57,6 +62,7 @@ class ModelSection:
 class LoraSection:
     rank: int = 8
     alpha: float = 8.0
+    # Acts only in the differentiable training forward: inversion, keying and validation run the UNet in eval mode.
     dropout: float = 0.0
     # Attention projections of every diffusers Attention block.
     targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
@@ -78,19 +84,19 @@ class AnonymizeSection:
 
 @dataclass
 class ObjectiveSection:
-    # DDIM steps of the training trajectory (inversion, then sampling from the keyed noise).
-    steps: int = 10
-    # Inversion scheme used (without gradients) to reach the noise end during training. Any scheme
-    # works: exactness at inference does not depend on it. ddim is cheapest (1 UNet call per step).
-    invert_scheme: str = "ddim"
-    # K: sampling steps run with gradients through the LoRA UNet.
+    # Training runs the deployed trajectory: anonymize.scheme over anonymize.steps (inversion and
+    # keying without gradients, then sampling with gradients; faceveil.train.trajectory).
+    # shortcut: gradients through the first K = grad_steps UNet calls of sampling (the high-noise
+    #   steps that decide identity), then the DDIM x0-prediction as the clean end; cost K calls.
+    # full: the whole sampling trajectory with gradients (anonymize's own clean latents); cost
+    #   anonymize.steps calls, memory bounded by checkpoint_steps.
+    # Default full: on tiny (20 exact steps) the K = 2 shortcut's identity gradient has cosine 0.18 with the
+    # full trajectory's and its clean latents miss anonymize's by 4.3 (mean abs, inside the mask);
+    # see README "Training" and python -m faceveil.train.unroll_study.
+    unroll: str = "full"
+    # K: differentiable UNet calls for the shortcut (unused by full).
     grad_steps: int = 2
-    # shortcut: from the keyed noise, K-1 DDIM steps then one DDIM jump to the clean end (the x0
-    #   prediction), all with gradients: trains the high-noise steps that decide identity; cost K.
-    # truncated: steps - K steps without gradients, then the last K steps with gradients (truncated
-    #   back-propagation): trains the low-noise steps; cost = steps, memory K.
-    unroll: str = "shortcut"
-    # Checkpoint each UNet call of the K steps (keep only its input; recompute in backward).
+    # Checkpoint each differentiable UNet call (keep only its input latent; recompute it in backward).
     checkpoint_steps: bool = True
     identity_weight: float = 1.0
     # loss = relu(cos(anonymized, original) - margin): no push once a face is this far.
@@ -128,8 +134,11 @@ class DataSection:
     # On --resume: skip replays the stream to the saved position (bit-identical continuation, costs
     # decoding time); reseed starts a fresh stream seeded by the step (instant, statistically equivalent).
     resume: str = "skip"
-    # Validation images: the first val_images faces of val_shards (default: shards).
+    # Validation images: the first val_images faces of val_shards; with val_shards unset, of the
+    # faces held out of training: the identities (labels; the source photo for unlabelled faces)
+    # whose fixed hash falls below val_holdout (faceveil.train.validation.held_out).
     val_shards: str | None = None
+    val_holdout: float = 0.25
     val_images: int = 4
 
 
@@ -173,6 +182,8 @@ class OutputSection:
     # image grid original | anonymized | recovered | wrong key) every N steps, at step 0 and at the end.
     validate_every: int = 500
     validate_at_start: bool = True
+    # Also judge validation with dlib's face descriptor (an independent recognizer; offline).
+    val_dlib: bool = True
     progress: bool = True
 
 
@@ -204,7 +215,6 @@ def check_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     _choice(at("model.weight_dtype"), cfg.model.weight_dtype, WEIGHT_DTYPES)
     _choice(at("anonymize.scheme"), cfg.anonymize.scheme, SCHEMES)
     _choice(at("anonymize.transform"), cfg.anonymize.transform, tuple(TRANSFORMS))
-    _choice(at("objective.invert_scheme"), cfg.objective.invert_scheme, SCHEMES)
     _choice(at("objective.unroll"), cfg.objective.unroll, UNROLL)
     _choice(at("objective.perceptual_net"), cfg.objective.perceptual_net, PERCEPTUAL_NETS)
     _choice(at("objective.perceptual_backbone"), cfg.objective.perceptual_backbone, PERCEPTUAL_BACKBONES)
@@ -216,7 +226,6 @@ def check_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         "lora.rank": cfg.lora.rank,
         "lora.alpha": cfg.lora.alpha,
         "anonymize.steps": cfg.anonymize.steps,
-        "objective.steps": cfg.objective.steps,
         "objective.grad_steps": cfg.objective.grad_steps,
         "data.image_size": cfg.data.image_size,
         "data.batch_size": cfg.data.batch_size,
@@ -235,12 +244,14 @@ def check_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     for key in ("identity_weight", "prior_weight", "perceptual_weight", "wrong_key_weight"):
         if getattr(cfg.objective, key) < 0:
             raise ConfigError(f"{at('objective.' + key)}: must be >= 0")
-    if cfg.objective.grad_steps > cfg.objective.steps:
-        raise ConfigError(f"{at('objective.grad_steps')}: K = {cfg.objective.grad_steps} exceeds objective.steps = {cfg.objective.steps}")
+    if cfg.objective.grad_steps > cfg.anonymize.steps:
+        raise ConfigError(f"{at('objective.grad_steps')}: K = {cfg.objective.grad_steps} exceeds anonymize.steps = {cfg.anonymize.steps}")
     if cfg.anonymize.scheme == "exact" and cfg.anonymize.steps < 2:
         raise ConfigError(f"{at('anonymize.steps')}: the exact scheme needs at least 2 steps")
-    if cfg.objective.invert_scheme == "exact" and cfg.objective.steps < 2:
-        raise ConfigError(f"{at('objective.steps')}: the exact scheme needs at least 2 steps")
+    if not 0 <= cfg.data.val_holdout < 1:
+        raise ConfigError(f"{at('data.val_holdout')}: must be in [0, 1)")
+    if cfg.data.val_shards is None and cfg.data.val_holdout == 0:
+        raise ConfigError(f"{at('data.val_holdout')}: 0 holds no faces out; set data.val_shards to validate on other data")
     if not 0 <= cfg.lora.dropout < 1:
         raise ConfigError(f"{at('lora.dropout')}: must be in [0, 1)")
     if cfg.data.num_workers < 0 or cfg.optim.warmup_steps < 0 or cfg.data.shuffle < 0 or cfg.train.cpu_threads < 0:
@@ -250,11 +261,27 @@ def check_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     return cfg
 
 
+def _refuse_removed_keys(path: str | os.PathLike[str] | None, overrides: Sequence[str], where: str) -> None:
+    from omegaconf import OmegaConf
+
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    if path is not None and os.path.isfile(path):
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
+        except Exception:  # noqa: BLE001 - load_config reports unreadable YAML with its own message
+            loaded = None
+        if isinstance(loaded, dict):
+            given |= {f"{sec}.{k}" for sec, body in loaded.items() if isinstance(body, dict) for k in body}
+    for key in sorted(given & set(REMOVED_KEYS)):
+        raise ConfigError(f"{where}: key {key!r} was removed: {REMOVED_KEYS[key]}; delete it from the config")
+
+
 def load_train_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Load, type-check and semantically check a training config."""
     where = str(path) if path is not None else "<defaults>"
     if overrides:
         where += " + overrides"
+    _refuse_removed_keys(path, overrides, where)
     return check_config(load_config(TrainConfig, path, overrides), where)
 
 

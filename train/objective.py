@@ -1,29 +1,28 @@
 """The training objective: key-shifted faces far from the original identity, a UNet that stays a diffusion model.
 
-Per batch (see :func:`training_inputs` and :meth:`VeilModel.losses`):
+One trajectory: the loss sees the images ``faceveil anonymize`` makes. Per batch (see
+:meth:`Objective.training_inputs` and :meth:`VeilModel.losses`):
 
 1. draw a fresh key and nonce per image: SHA-256 derived from a seed and the batch coordinates
    (``objective.key_seed``, or when unset a random per-run seed the training loop draws once
    and keeps in its checkpoints, so a resumed run draws the same keys); never torch's RNG;
-2. without gradients: encode, lift and invert the clean latents to the noise end with
-   ``objective.invert_scheme`` over ``objective.steps`` DDIM steps, using the current adapted UNet;
-3. inject the key inside the latent face mask (``scheme.rekey``, so the exact scheme's
-   partner latent is keyed as at inference);
-4. with gradients through the LoRA UNet: K = ``objective.grad_steps`` deterministic DDIM
-   steps (``ddim_move``) from the keyed noise. ``unroll: shortcut`` (default) takes K - 1
-   steps and then one DDIM move straight to the clean end, which is the DDIM x0-prediction:
-   the gradient reaches the high-noise steps, where the identity of the face is decided,
-   at the cost of K UNet calls. ``unroll: truncated`` runs the first steps - K steps
-   without gradients and back-propagates through the last K (truncated back-propagation):
-   an exact final image, gradients only for the low-noise steps. Each UNet call of the K
-   is checkpointed (``objective.checkpoint_steps``), so memory grows with K only by one
-   latent per step;
-5. decode with the frozen autoencoder and paste the original pixels back outside the mask.
+2. without gradients, the UNet in eval mode, the deployed settings (``anonymize.scheme``,
+   ``anonymize.steps``): encode, lift and invert the clean latents, then key the noise-end
+   state with ``Anonymizer.keyed_noise`` / ``Anonymizer.key_fn`` -- the code ``anonymize``
+   itself runs, so the key acts where and how it acts at inference;
+3. with gradients through the LoRA UNet: sample from the keyed state on the same levels with
+   the same arithmetic (:class:`faceveil.train.trajectory.Trajectory`; straight-through
+   lattice rounding). ``unroll: shortcut`` (default) back-propagates through the first
+   K = ``objective.grad_steps`` UNet calls, the high-noise steps that decide identity, and
+   ends with the DDIM x0-prediction; ``unroll: full`` runs the whole trajectory with each
+   UNet call checkpointed and gives ``anonymize``'s clean latents to float tolerance;
+4. decode with the frozen autoencoder and paste the original pixels back outside the mask.
 
 Losses (each weighted by the config and logged):
 - identity: relu(cos(ArcFace(anonymized), ArcFace(original)) - margin);
 - wrong key: the same for the face that recovery with a *wrong* key produces (its start is
-  the keyed noise under the wrong key's inverse), so a wrong key cannot bring the identity back;
+  the keyed state re-keyed with the wrong key's inverse, as ``recover`` does), so a wrong key
+  cannot bring the identity back;
 - prior: the standard denoising loss, eps-MSE at uniformly random timesteps on the clean
   latents with the inpainting conditioning (torch's RNG);
 - perceptual: LPIPS(anonymized, original), keeping pose, expression and lighting.
@@ -33,14 +32,17 @@ whatever the UNet computes), so no loss is needed for it; the validation step me
 
 All UNet calls, with and without gradients, go through :class:`VeilModel` -- the module that
 ``accelerator.prepare`` wraps -- so DDP, FSDP and DeepSpeed see one forward per backward
-for the losses and sharded weights are gathered for the no-gradient calls too.
+for the losses and sharded weights are gathered for the no-gradient calls too. Dropout
+(``lora.dropout``) acts only in the differentiable forward: every no-gradient call runs the
+UNet in eval mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +54,10 @@ from torch.utils.checkpoint import checkpoint
 from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce
 from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
-from faceveil.models.inversion import Scheme, ddim_move, make_scheme
-from faceveil.models.key_transforms import KeyTransform, apply_key, get_transform
-from faceveil.models.schedule import Schedule
+from faceveil.models.pipeline import Anonymizer
+from faceveil.models.settings import Settings
 from faceveil.train.config_schema import ObjectiveSection
+from faceveil.train.trajectory import Trajectory
 
 LOSS_NAMES = ("identity", "wrong_key", "prior", "perceptual")
 
@@ -105,10 +107,15 @@ def draw_keys(n: int, key_seed: int | None = None, *coords: object) -> tuple[lis
     return keys, nonces
 
 
-def key_latents(z: torch.Tensor, mask: torch.Tensor, transform: KeyTransform, keys: list[SecretKey],
-                nonces: list[bytes], inverse: bool = False) -> torch.Tensor:
-    """Apply a per-image key (one key and nonce per image) inside the latent mask."""
-    return torch.cat([apply_key(z[i : i + 1], mask[i : i + 1], transform, keys[i], [nonces[i]], inverse) for i in range(len(keys))])
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """The module in eval mode (no dropout) for the block; its previous mode restored after."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
 
 
 # --------------------------------------------------------------------------- module
@@ -121,13 +128,15 @@ class VeilModel(nn.Module):
     inversion and keying), ``forward("losses", ...)`` computes every loss.
     """
 
-    def __init__(self, unet: nn.Module, frozen: Frozen, cfg: ObjectiveSection) -> None:
+    def __init__(self, unet: nn.Module, frozen: Frozen, cfg: ObjectiveSection, settings: Settings) -> None:
         super().__init__()
         self.unet = unet
         self.frozen = frozen
         self.cfg = cfg
         self.bb = dataclasses.replace(frozen.backbone, unet=unet)
-        self.schedule = Schedule.from_scheduler(frozen.backbone.scheduler, cfg.steps)
+        scheme = Anonymizer(self.bb, settings).scheme  # the deployed scheme, schedule and step count
+        self.schedule = scheme.schedule
+        self.trajectory = Trajectory(scheme, cfg.unroll, cfg.grad_steps)
 
     # ------------------------------------------------------------ UNet calls
     def unet_raw(self, z: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -146,19 +155,9 @@ class VeilModel(nn.Module):
             return checkpoint(lambda z: self.bb.eps(z, t, cond), x, use_reentrant=False)
         return self.bb.eps(x, t, cond)
 
-    def unroll(self, x: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Keyed noise (level N) -> clean-latent estimate, with gradients through K UNet calls."""
-        n, k, s = self.schedule.steps, self.cfg.grad_steps, self.schedule
-        if self.cfg.unroll == "shortcut":
-            moves = [(lv, lv - 1) for lv in range(n, n - k + 1, -1)] + [(n - k + 1, 0)]
-        else:
-            with torch.no_grad():
-                for lv in range(n, k, -1):
-                    x = ddim_move(x, self.bb.eps(x, s.timestep(lv), cond), s, lv, lv - 1)
-            moves = [(lv, lv - 1) for lv in range(k, 0, -1)]
-        for src, dst in moves:
-            x = ddim_move(x, self.step_eps(x, src, cond), s, src, dst)
-        return x
+    def unroll(self, state: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Keyed noise-end state -> clean latents (B, C, h, w), float32, with gradients (see the module docstring)."""
+        return self.trajectory.sample(state, lambda x, level: self.step_eps(x, level, cond)).float()
 
     def faces(self, x_clean: torch.Tensor, images: torch.Tensor, mask_px: torch.Tensor) -> torch.Tensor:
         decoded = self.bb.decode(x_clean).float().clamp(-1, 1)
@@ -255,31 +254,33 @@ class Batch:
 class Objective:
     """Everything per batch that needs no gradients, then the losses through the wrapped model."""
 
-    def __init__(self, cfg: ObjectiveSection, frozen: Frozen, transform: str) -> None:
+    def __init__(self, cfg: ObjectiveSection, frozen: Frozen, settings: Settings) -> None:
         self.cfg = cfg
         self.frozen = frozen
-        self.transform = get_transform(transform)
-        self.scheme: Scheme = make_scheme(cfg.invert_scheme, Schedule.from_scheduler(frozen.backbone.scheduler, cfg.steps))
+        # The deployed pipeline's own keying and inversion: one trajectory for training and anonymize.
+        self.anonymizer = Anonymizer(frozen.backbone, settings, batch_invariant=False)
+        self.scheme = self.anonymizer.scheme
 
     @torch.no_grad()
-    def training_inputs(self, call: Callable[..., Any], batch: Batch, keys: list[SecretKey], nonces: list[bytes],
+    def training_inputs(self, model: Callable[..., Any], batch: Batch, keys: list[SecretKey], nonces: list[bytes],
                         wrong_keys: list[SecretKey] | None = None) -> dict[str, Any]:
-        """Encode, invert (current UNet), key; the keyword arguments of ``forward("losses", ...)``."""
+        """Encode, lift, invert and key (UNet in eval mode); the keyword arguments of ``model("losses", ...)``."""
         bb = self.frozen.backbone
-        cond = bb.conditioning(batch.images, batch.mask)
-        z0 = bb.encode(batch.images).float()
-        eps = lambda z, t: call("eps", z=z, t=t, cond=cond)  # noqa: E731
-        mask_lat = latent_mask(batch.mask, bb.vae_factor) > 0
-        noise = self.scheme.invert(self.scheme.lift(z0, eps), eps)
-        keyed = self.scheme.rekey(noise, lambda z: key_latents(z, mask_lat, self.transform, keys, nonces), eps)
-        wrong_start = None
-        if wrong_keys is not None:
-            # Recovery with a wrong key: the keyed noise under the wrong key's inverse.
-            wrong = self.scheme.rekey(keyed, lambda z: key_latents(z, mask_lat, self.transform, wrong_keys, nonces, inverse=True), eps)
-            wrong_start = self.scheme.endpoint(wrong).float()
-        emb_orig = self.frozen.identity.embed(batch.images, batch.landmarks).float()
+        modes = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
+        with modes:
+            cond = bb.conditioning(batch.images, batch.mask)
+            z0 = bb.encode(batch.images).float()
+            eps = lambda z, t: model("eps", z=z, t=t, cond=cond)  # noqa: E731
+            mask_lat = latent_mask(batch.mask, bb.vae_factor) > 0
+            an = self.anonymizer
+            keyed = an.keyed_noise(self.scheme.lift(z0, eps), eps, an.key_fn(mask_lat, keys, nonces))
+            wrong_start = None
+            if wrong_keys is not None:
+                # Recovery with a wrong key: the keyed state re-keyed with the wrong key's inverse, as recover does.
+                wrong_start = self.scheme.rekey(keyed, an.key_fn(mask_lat, wrong_keys, nonces, inverse=True), eps)
+            emb_orig = self.frozen.identity.embed(batch.images, batch.landmarks).float()
         return dict(
-            start=self.scheme.endpoint(keyed).float(),
+            start=keyed,
             wrong_start=wrong_start,
             z0=z0,
             cond=cond,

@@ -1,15 +1,21 @@
-"""Validation during training: the real pipeline, from written files, with the right and a wrong key.
+"""Validation during training: the real pipeline, from written files, on held-out faces.
 
-For a fixed set of validation faces: anonymize with the current adapted UNet and the
-inference settings (``anonymize.*``), write each result as a faceveil PNG, read it back,
-recover with the right key and with a fresh wrong key (``force``), and measure
+The faces are a split held out of training (:func:`held_out`: by identity label, by source
+photo where a face has none), so the numbers measure what users will see on faces the
+adapter never trained on. For them: anonymize with the current adapted UNet (in eval mode:
+no dropout) and the inference settings (``anonymize.*``) under a fixed validation key, so
+every step is measured on the same keys; write each result as a faceveil PNG, read it
+back, recover with the right key and with a wrong one (``force``), and measure
 
 - ``val/recovery_latent_error``: max |recovered latent - E(original)| over the batch (the
   exact scheme keeps it at the 2**-21 lattice rounding, far below 1e-4, after training too);
 - ``val/recovery_psnr``: recovered vs original pixels (dB; inf when identical);
-- ``val/identity_cos``: cosine of identity embeddings, anonymized vs original;
-- ``val/wrong_key_cos``: the same for the wrong-key recovery;
-- ``val/recovered_cos``: the same for the right-key recovery.
+- ``val/identity_cos``: cosine of the training identity network's embeddings, anonymized
+  (read back from its file) vs original;
+- ``val/wrong_key_cos`` / ``val/recovered_cos``: the same for the wrong-key and right-key recoveries;
+- with a dlib judge: ``val/dlib_cos`` (cosine of dlib's descriptors, anonymized vs original) and
+  ``val/dlib_distance`` (dlib's own unit, the Euclidean distance; below 0.6 dlib calls two faces
+  one person).
 
 It also returns the image grid, one row per face: original | anonymized | recovered | wrong key.
 """
@@ -17,6 +23,7 @@ It also returns the image grid, one row per face: original | anonymized | recove
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import tempfile
 from pathlib import Path
@@ -27,16 +34,36 @@ import torch
 from torch import nn
 
 from faceveil.fileformat import read_veiled, write_veiled
-from faceveil.keys import SecretKey
 from faceveil.models.backbones import Backbone
 from faceveil.models.pipeline import Anonymizer, Settings, psnr, to_tensor, to_uint8
+from faceveil.train.objective import draw_keys, eval_mode
 
 GRID_COLUMNS = ("original", "anonymized", "recovered", "wrong key")
+
+
+def identity_group(sample: dict[str, Any]) -> str:
+    """What a face is held out by: its identity label, else its source photo, else its sample key."""
+    return str(sample.get("label") or sample.get("source") or sample.get("key") or sample.get("__key__", ""))
+
+
+def held_out(sample: dict[str, Any], fraction: float) -> bool:
+    """Whether a face belongs to the validation split: a fixed hash of its identity group below ``fraction``."""
+    digest = hashlib.sha256(b"faceveil/holdout\0" + identity_group(sample).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def _cos(identity: nn.Module, images: np.ndarray, landmarks: torch.Tensor | None, ref: torch.Tensor) -> float:
     emb = identity.embed(to_tensor(images), landmarks).float()
     return float((emb * ref).sum(-1).mean())
+
+
+def _dlib(judge: Any, anon: np.ndarray, images: np.ndarray) -> dict[str, float]:
+    from faceveil.models.recognizers import cosine_similarity, euclidean_distance
+
+    h, w = images.shape[1:3]
+    boxes = [(0, 0, w - 1, h - 1)] * len(images)  # aligned crops: the face fills the crop
+    a, o = judge.embed(list(anon), boxes), judge.embed(list(images), boxes)
+    return {"val/dlib_cos": float(cosine_similarity(a, o).nanmean()), "val/dlib_distance": float(euclidean_distance(a, o).nanmean())}
 
 
 def make_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
@@ -52,22 +79,25 @@ def make_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
 
 @torch.no_grad()
 def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], settings: Settings,
-             use_landmarks: bool = True, workdir: str | Path | None = None) -> tuple[dict[str, float], np.ndarray]:
+             use_landmarks: bool = True, workdir: str | Path | None = None,
+             dlib: Any = None) -> tuple[dict[str, float], np.ndarray]:
     """Metrics (see the module docstring) and the image grid for one validation batch."""
     # Contiguous (B, H, W, 3), as images loaded from files are: the autoencoder's result depends on
     # the input's memory layout in the last bits, and recovery re-encodes contiguous PNG pixels.
     images = np.ascontiguousarray(to_uint8(batch["image"]))
     masks = (batch["mask"][:, 0] > 0.5).cpu().numpy()
     landmarks = batch["landmarks5"].float() if use_landmarks else None
-    key, wrong = SecretKey.generate(), SecretKey.generate()
+    (key, wrong), _ = draw_keys(2, 0, "validation")  # fixed: every step is measured on the same keys
+    nonces = draw_keys(len(images), 0, "validation-nonces")[1]
     anonymizer = Anonymizer(backbone, settings)
-    veiled = anonymizer.anonymize(list(images), list(masks), key)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        paths = [write_veiled(Path(tmp) / f"val-{i:03d}.png", v, key) for i, v in enumerate(veiled)]
-        read = [read_veiled(p, key) for p in paths]
-    recovered = anonymizer.recover(read, key)
-    wrong_rec = anonymizer.recover(read, wrong, force=True)
-    anon = np.stack([v.image for v in veiled])
+    with eval_mode(backbone.unet):
+        veiled = anonymizer.anonymize(list(images), list(masks), key, nonces)
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            paths = [write_veiled(Path(tmp) / f"val-{i:03d}.png", v, key) for i, v in enumerate(veiled)]
+            read = [read_veiled(p, key) for p in paths]
+        recovered = anonymizer.recover(read, key)
+        wrong_rec = anonymizer.recover(read, wrong, force=True)
+    anon = np.stack([v.image for v in read])
     rec = np.stack([r.image for r in recovered])
     wimg = np.stack([r.image for r in wrong_rec])
     z0 = backbone.encode(to_tensor(images).to(backbone.device)).double().cpu()
@@ -81,6 +111,8 @@ def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], set
         "val/wrong_key_cos": _cos(identity, wimg, landmarks, ref),
         "val/recovered_cos": _cos(identity, rec, landmarks, ref),
     }
+    if dlib is not None:
+        metrics.update(_dlib(dlib, anon, images))
     return metrics, make_grid([images, anon, rec, wimg])
 
 
