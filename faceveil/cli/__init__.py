@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "threads"):  # commands that run the networks
+            from faceveil.cli.common import apply_threads
+
+            apply_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("faceveil: interrupted", file=sys.stderr)
