@@ -21,6 +21,7 @@ from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
 from faceveil.models.buckets import MAX_BUCKET, bucket_for, run_bucketed
 from faceveil.models.compiled import compiled_backbone
+from faceveil.models.meter import Meter
 from faceveil.models.inversion import EpsFn, LatentFn, Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.residual import add_residual, open_residual, seal_residual
@@ -95,8 +96,9 @@ class Anonymizer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.progress = progress
-        # Called with a number of images' worth of work done, as each network call finishes.
-        self.on_progress = on_progress
+        # Progress (``on_progress`` gets images' worth of work as each network call ends) and
+        # phase timings (set ``meter.timings = {}``).
+        self.meter = Meter(on_progress)
         self.unet_path = "compiled" if compile_unet else "eager"
         self._bucket = 1
         self._unets: dict[str, Backbone] = {"eager": backbone}
@@ -131,18 +133,10 @@ class Anonymizer:
             self._unets[path] = compiled_backbone(self.backbone)
         return self._unets[path]
 
-    def _tick(self, n: int) -> None:
-        if self.on_progress is None:
-            return
-        step = min(n / self._calls_per_image, self._images - self._reported)
-        if step > 0:
-            self._reported += step
-            self.on_progress(step)
-
     def _run(self, fn, *tensors: torch.Tensor):
         """A network call at the current bucket size; advances the progress."""
         out = run_bucketed(fn, self._bucket, *tensors)
-        self._tick(tensors[0].shape[0])
+        self.meter.tick(tensors[0].shape[0])
         return out
 
     def _prepare(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], unet_path: str | None = None):
@@ -172,16 +166,15 @@ class Anonymizer:
     def _start(self, n: int, bucket: int, anonymize: bool, lift: bool) -> None:
         """Set the bucket for a batch of ``n`` images and the expected network calls (for progress)."""
         self._bucket = bucket
-        self._images, self._reported = n, 0.0
         steps, iters = self.settings.steps, getattr(self.scheme, "lift_iterations", 0)
         if self.settings.scheme == "exact":
             calls = 2 * (steps - 1) + 2 + (2 + iters if lift else 0)
         else:
             calls = steps * (2 + getattr(self.scheme, "iterations", 0)) + (1 if lift else 0)
-        self._calls_per_image = 2 + calls + (1 if anonymize and self.settings.residual else 0)
+        self.meter.start(n, 2 + calls + (1 if anonymize and self.settings.residual else 0))
 
-    def _finish(self) -> None:
-        self._tick(self._images * self._calls_per_image)  # early stops: report the rest
+    def _phase(self, name: str):
+        return self.meter.phase(name, self.backbone.device)
 
     @staticmethod
     def _paste(decoded: np.ndarray, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -210,7 +203,10 @@ class Anonymizer:
 
     def keyed_noise(self, clean: torch.Tensor, eps: EpsFn, key_fn: LatentFn) -> torch.Tensor:
         """Clean-end state -> keyed noise-end state: the start of sampling (no gradients needed)."""
-        return self.scheme.rekey(self.scheme.invert(clean, eps), key_fn, eps)
+        with self._phase("invert"):
+            noise = self.scheme.invert(clean, eps)
+        with self._phase("rekey"):
+            return self.scheme.rekey(noise, key_fn, eps)
 
     # ------------------------------------------------------------------ API
     @torch.no_grad()
@@ -225,16 +221,23 @@ class Anonymizer:
         nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
         bucket = self._bucket_of(len(images))
         self._start(len(images), bucket, anonymize=True, lift=True)
-        x, _, mask_lat, eps = self._prepare(images, masks)
-        clean = self.scheme.lift(self.encode(x), eps)
+        with self._phase("condition"):
+            x, _, mask_lat, eps = self._prepare(images, masks)
+        with self._phase("encode"):
+            z0 = self.encode(x)
+        with self._phase("lift"):
+            clean = self.scheme.lift(z0, eps)
         sealed: list[bytes | None] = [None] * len(images)
         if self.settings.residual:
-            ref = self._decode(clean)
-            sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
+            with self._phase("residual"):
+                ref = self._decode(clean)
+                sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
         keyed = self.keyed_noise(clean, eps, self.key_fn(mask_lat, key, nonces))
-        out = self.scheme.sample(keyed, eps)
-        anon = self._paste(self._decode(out), images, masks)
-        self._finish()
+        with self._phase("sample"):
+            out = self.scheme.sample(keyed, eps)
+        with self._phase("decode"):
+            anon = self._paste(self._decode(out), images, masks)
+        self.meter.finish()
         bb = self.backbone
         compute = {"dtype": str(bb.dtype).removeprefix("torch."), "device": bb.device.type, "unet": self.unet_path}
         if self.batch_invariant:
@@ -290,7 +293,8 @@ class Anonymizer:
         masks = [v.mask for v in veiled]
         stripped = all(v.state is None for v in veiled)
         self._start(len(veiled), bucket, anonymize=False, lift=stripped)
-        _, _, mask_lat, eps = self._prepare(images, masks, unet_path)
+        with self._phase("condition"):
+            _, _, mask_lat, eps = self._prepare(images, masks, unet_path)
         if all(v.state is not None for v in veiled):
             state = torch.stack([v.state for v in veiled]).to(self.backbone.device, self.scheme.state_dtype)
         elif any(v.state is not None for v in veiled):
@@ -299,13 +303,16 @@ class Anonymizer:
             state = self.scheme.lift(self.encode(to_tensor(images).to(self.backbone.device)), eps)
         nonces = [v.nonce for v in veiled]
         unkeyed = self.keyed_noise(state, eps, self.key_fn(mask_lat, key, nonces, inverse=True))
-        out = self.scheme.sample(unkeyed, eps)
-        decoded = self._decode(out)
-        for i, v in enumerate(veiled):
-            residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
-            if residual is not None:
-                decoded[i] = add_residual(decoded[i], residual, v.mask)
+        with self._phase("sample"):
+            out = self.scheme.sample(unkeyed, eps)
+        with self._phase("decode"):
+            decoded = self._decode(out)
+        with self._phase("residual"):
+            for i, v in enumerate(veiled):
+                residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
+                if residual is not None:
+                    decoded[i] = add_residual(decoded[i], residual, v.mask)
         rec = self._paste(decoded, images, masks)
-        self._finish()
+        self.meter.finish()
         latents = self.scheme.endpoint(out).cpu()
         return [Recovered(image=rec[i], latent=latents[i]) for i in range(len(veiled))]
