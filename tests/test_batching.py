@@ -84,3 +84,17 @@ def test_a_file_cannot_ask_for_a_huge_bucket(backbone, faces):
     v.compute["bucket"] = "1000000"
     with pytest.raises(InputError, match="bucket"):
         a.recover([v], key)
+
+
+def test_progress_advances_with_each_network_call(backbone, faces):
+    key = SecretKey(bytes(32))
+    mask = elliptical_mask(SIZE, SIZE)
+    seen: list[float] = []
+    a = Anonymizer(backbone, Settings("exact", STEPS), on_progress=seen.append)
+    veiled = a.anonymize(faces[:3], [mask] * 3, key)
+    # One report per network call, in small steps, adding up to the batch (no jump at the end).
+    assert len(seen) == a.meter.calls and len(seen) > 3 * STEPS
+    assert max(seen) < 0.2 and sum(seen) == pytest.approx(3)
+    seen.clear()
+    a.recover(veiled, key)
+    assert len(seen) > STEPS and sum(seen) == pytest.approx(3)
