@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
         bar = progress(len(items), "anonymize")
         try:
-            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone), on_progress=bar.update)
+            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone), on_progress=bar.update,
+                                    compile_unet=args.compile)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         writer = Writer(report)

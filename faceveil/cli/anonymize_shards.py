@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.update(board.done + board.others()[0] - bar.n)
 
-    anonymizer = Anonymizer(backbone, settings, on_progress=lambda n: (board.add(n), show()))
+    anonymizer = Anonymizer(backbone, settings, on_progress=lambda n: (board.add(n), show()), compile_unet=args.compile)
     mask_fn = functools.partial(_mask_for, args.mask)
     loader = torch.utils.data.DataLoader(ShardReader(todo, args.batch_size, mask_fn), batch_size=None,
                                          num_workers=args.workers if todo else 0, collate_fn=passthrough)

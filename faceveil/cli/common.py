@@ -24,6 +24,12 @@ def add_model_args(p: argparse.ArgumentParser, backbone_default: str | None = DE
     g.add_argument("--dtype", default="auto", choices=DTYPES, help="UNet/autoencoder dtype (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--batch-size", type=positive_int, default=4, help="images per batch (default: 4)")
     g.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the UNet through torch.compile (minutes to compile; faster after). Its bits differ from "
+        "the eager path's, so the file records the path and recovery follows it",
+    )
+    g.add_argument(
         "--threads",
         type=positive_int,
         help="CPU threads for the networks (default: $OMP_NUM_THREADS if set, else the CPUs this process may use "
