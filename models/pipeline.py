@@ -129,7 +129,7 @@ class Anonymizer:
         """The backbone whose UNet runs on ``path`` ("eager" or "compiled"); same weights."""
         if path not in self._unets:
             if path != "compiled":
-                raise ValueError(f"unknown UNet path {path!r}")
+                raise ValueError(f"unknown UNet path {path[:20]!r}")
             self._unets[path] = compiled_backbone(self.backbone)
         return self._unets[path]
 
