@@ -108,3 +108,23 @@ def test_outputs_hide_identity_meta_and_recover_exactly(job, tiny_backbone, face
     rec = Anonymizer(tiny_backbone, v.settings).recover([v], key)[0]
     face = np.asarray(Image.fromarray(face128).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
     assert np.array_equal(rec.image, face)  # sample 0 of shard 0 is the unshifted face
+
+
+def test_image_folder_becomes_shards_in_one_process(tmp_path, face128, one_thread):
+    from faceveil.cli import main
+    from faceveil.data.images import save_image
+
+    face = np.asarray(Image.fromarray(face128).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
+    for i in range(3):
+        save_image(tmp_path / "in" / f"person_{i}.png", np.roll(face, 7 * i, axis=0))
+    (tmp_path / "in" / "broken.png").write_bytes(b"nope")
+    save_key(SecretKey.generate(), tmp_path / "k.key")
+    argv = ["anonymize-shards", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--key", str(tmp_path / "k.key"),
+            "--backbone", "tiny", "--device", "cpu", "--steps", "2", "--images-per-shard", "2", "--workers", "0", "--no-progress"]
+    assert main(argv) == 1  # the broken file is a counted failure
+    shards = sorted((tmp_path / "out").glob("shard-*.tar"))
+    assert [len(_keys(s)) for s in shards] == [1, 2]  # broken.png sorts first, in shard 0
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["failures"] == {"unreadable sample": 1}
+    mtimes = [s.stat().st_mtime_ns for s in shards]
+    assert main(argv) == 1  # a re-run skips the finished shards and reports the same failure
+    assert [s.stat().st_mtime_ns for s in shards] == mtimes
