@@ -9,7 +9,7 @@ the exact stored latents when the file carries them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,9 @@ from faceveil.errors import InputError, KeyMismatchError
 from faceveil.keys import SecretKey, new_nonce
 from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
+from faceveil.models.buckets import MAX_BUCKET, bucket_for, run_bucketed
+from faceveil.models.compiled import compiled_backbone
+from faceveil.models.meter import Meter
 from faceveil.models.inversion import EpsFn, LatentFn, Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.residual import add_residual, open_residual, seal_residual
@@ -72,18 +75,33 @@ class Anonymizer:
     """Anonymize and recover batches of same-sized images with one backbone."""
 
     def __init__(
-        self, backbone: Backbone, settings: Settings | None = None, progress: bool = False, batch_invariant: bool = True
+        self,
+        backbone: Backbone,
+        settings: Settings | None = None,
+        progress: bool = False,
+        batch_invariant: bool = True,
+        max_bucket: int = 8,
+        compile_unet: bool = False,
+        on_progress: Callable[[float], None] | None = None,
     ) -> None:
         self.backbone = backbone
-        # Kernels give slightly different bits for different batch sizes. Running the networks one
-        # image at a time makes a file's recovery bit-exact however the images are batched.
+        # Kernels give slightly different bits for different batch sizes. Running the networks at
+        # fixed, zero-padded batch sizes (buckets, see faceveil.models.buckets) makes a file's
+        # recovery bit-exact however the images are batched; False runs plain batches.
         self.batch_invariant = batch_invariant
+        self.max_bucket = max_bucket
         self.settings = settings or Settings()
         if backbone.device.type == "cuda":
             # The exact scheme needs eps(x) to give the same bits when recovery re-evaluates it.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.progress = progress
+        # Progress (``on_progress`` gets images' worth of work as each network call ends) and
+        # phase timings (set ``meter.timings = {}``).
+        self.meter = Meter(on_progress)
+        self.unet_path = "compiled" if compile_unet else "eager"
+        self._bucket = 1
+        self._unets: dict[str, Backbone] = {"eager": backbone}
         self.transform = get_transform(self.settings.transform)
         self.scheme: Scheme = make_scheme(
             self.settings.scheme, Schedule.from_scheduler(backbone.scheduler, self.settings.steps), progress=progress
@@ -104,32 +122,59 @@ class Anonymizer:
             if mask.shape != (h, w):
                 raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
 
-    def _prepare(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]):
+    def _bucket_of(self, n: int) -> int:
+        return bucket_for(n, self.max_bucket) if self.batch_invariant else n
+
+    def _net(self, path: str) -> Backbone:
+        """The backbone whose UNet runs on ``path`` ("eager" or "compiled"); same weights."""
+        if path not in self._unets:
+            if path != "compiled":
+                raise ValueError(f"unknown UNet path {path[:20]!r}")
+            self._unets[path] = compiled_backbone(self.backbone)
+        return self._unets[path]
+
+    def _run(self, fn, *tensors: torch.Tensor):
+        """A network call at the current bucket size; advances the progress."""
+        out = run_bucketed(fn, self._bucket, *tensors)
+        self.meter.tick(tensors[0].shape[0])
+        return out
+
+    def _prepare(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], unet_path: str | None = None):
         self._check_sizes(images, masks)
         bb = self.backbone
+        net = self._net(unet_path or self.unet_path)
         x = to_tensor(images).to(bb.device)
         mask_px = torch.from_numpy(np.stack(list(masks))[:, None].astype(np.float32)).to(bb.device)
-        if self.batch_invariant:
-            parts = [bb.conditioning(x[i : i + 1], mask_px[i : i + 1]) for i in range(len(x))]
-            cond = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        else:
-            cond = bb.conditioning(x, mask_px)
+        cond = self._run(bb.conditioning, x, mask_px)
+        names = list(cond)
+        values = [cond[k] for k in names]
 
         def eps(z: torch.Tensor, t: int) -> torch.Tensor:
-            if not self.batch_invariant:
-                return bb.eps(z, t, cond)
-            return torch.cat([bb.eps(z[i : i + 1], t, {k: v[i : i + 1] for k, v in cond.items()}) for i in range(len(z))])
+            return self._run(lambda zz, *cs: net.eps(zz, t, dict(zip(names, cs))), z, *values)
 
         return x, mask_px, latent_mask(mask_px, bb.vae_factor) > 0, eps
 
     def _each(self, fn, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fn(x[i : i + 1]) for i in range(len(x))]) if self.batch_invariant else fn(x)
+        return self._run(fn, x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._each(self.backbone.encode, x)
 
     def _decode(self, state: torch.Tensor) -> np.ndarray:
         return to_uint8(self._each(self.backbone.decode, self.scheme.endpoint(state)))
+
+    def _start(self, n: int, bucket: int, anonymize: bool, lift: bool) -> None:
+        """Set the bucket for a batch of ``n`` images and the expected network calls (for progress)."""
+        self._bucket = bucket
+        steps, iters = self.settings.steps, getattr(self.scheme, "lift_iterations", 0)
+        if self.settings.scheme == "exact":
+            calls = 2 * (steps - 1) + 2 + (2 + iters if lift else 0)
+        else:
+            calls = steps * (2 + getattr(self.scheme, "iterations", 0)) + (1 if lift else 0)
+        self.meter.start(n, 2 + calls + (1 if anonymize and self.settings.residual else 0))
+
+    def _phase(self, name: str):
+        return self.meter.phase(name, self.backbone.device)
 
     @staticmethod
     def _paste(decoded: np.ndarray, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -158,7 +203,10 @@ class Anonymizer:
 
     def keyed_noise(self, clean: torch.Tensor, eps: EpsFn, key_fn: LatentFn) -> torch.Tensor:
         """Clean-end state -> keyed noise-end state: the start of sampling (no gradients needed)."""
-        return self.scheme.rekey(self.scheme.invert(clean, eps), key_fn, eps)
+        with self._phase("invert"):
+            noise = self.scheme.invert(clean, eps)
+        with self._phase("rekey"):
+            return self.scheme.rekey(noise, key_fn, eps)
 
     # ------------------------------------------------------------------ API
     @torch.no_grad()
@@ -171,16 +219,29 @@ class Anonymizer:
     ) -> list[Veiled]:
         """Anonymize same-sized uint8 RGB images inside their boolean face masks."""
         nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
-        x, _, mask_lat, eps = self._prepare(images, masks)
-        clean = self.scheme.lift(self.encode(x), eps)
+        bucket = self._bucket_of(len(images))
+        self._start(len(images), bucket, anonymize=True, lift=True)
+        with self._phase("condition"):
+            x, _, mask_lat, eps = self._prepare(images, masks)
+        with self._phase("encode"):
+            z0 = self.encode(x)
+        with self._phase("lift"):
+            clean = self.scheme.lift(z0, eps)
         sealed: list[bytes | None] = [None] * len(images)
         if self.settings.residual:
-            ref = self._decode(clean)
-            sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
+            with self._phase("residual"):
+                ref = self._decode(clean)
+                sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
         keyed = self.keyed_noise(clean, eps, self.key_fn(mask_lat, key, nonces))
-        out = self.scheme.sample(keyed, eps)
-        anon = self._paste(self._decode(out), images, masks)
+        with self._phase("sample"):
+            out = self.scheme.sample(keyed, eps)
+        with self._phase("decode"):
+            anon = self._paste(self._decode(out), images, masks)
+        self.meter.finish()
         bb = self.backbone
+        compute = {"dtype": str(bb.dtype).removeprefix("torch."), "device": bb.device.type, "unet": self.unet_path}
+        if self.batch_invariant:
+            compute["bucket"] = str(bucket)  # recovery must run the networks at this batch size
         return [
             Veiled(
                 image=anon[i],
@@ -192,10 +253,21 @@ class Anonymizer:
                 adapter_hash=bb.adapter_hash,
                 state=out[i].cpu(),
                 sealed_residual=sealed[i],
-                compute={"dtype": str(bb.dtype).removeprefix("torch."), "device": bb.device.type},
+                compute=dict(compute),
             )
             for i in range(len(images))
         ]
+
+    def _recorded_path(self, v: Veiled, n: int) -> tuple[int, str]:
+        """(bucket, UNet path) that ``v`` was anonymized with. Files without a bucket ran
+        their networks one image at a time (bucket 1)."""
+        if not self.batch_invariant:
+            return n, v.compute.get("unet", "eager")
+        text = str(v.compute.get("bucket", "1"))
+        # From an untrusted header: bounded, so a file cannot make us pad to any size.
+        if text not in {str(2**i) for i in range(MAX_BUCKET.bit_length())}:
+            raise InputError(f"recorded batch bucket {text[:20]!r} is not a power of two up to {MAX_BUCKET}")
+        return int(text), v.compute.get("unet", "eager")
 
     @torch.no_grad()
     def recover(self, veiled: Sequence[Veiled], key: SecretKey, force: bool = False) -> list[Recovered]:
@@ -207,9 +279,22 @@ class Anonymizer:
                         f"the key (fingerprint {key.fingerprint}) is not the one this image was anonymized with "
                         f"(fingerprint {v.key_fingerprint}); use --force to try anyway"
                     )
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, v in enumerate(veiled):
+            groups.setdefault(self._recorded_path(v, len(veiled)), []).append(i)
+        if len(groups) > 1:  # files made at other bucket sizes or UNet paths: each group at its own
+            out: list[Recovered | None] = [None] * len(veiled)
+            for idx in groups.values():
+                for i, r in zip(idx, self.recover([veiled[i] for i in idx], key, force=True)):
+                    out[i] = r
+            return out  # type: ignore[return-value]
+        bucket, unet_path = next(iter(groups))
         images = [v.image for v in veiled]
         masks = [v.mask for v in veiled]
-        _, _, mask_lat, eps = self._prepare(images, masks)
+        stripped = all(v.state is None for v in veiled)
+        self._start(len(veiled), bucket, anonymize=False, lift=stripped)
+        with self._phase("condition"):
+            _, _, mask_lat, eps = self._prepare(images, masks, unet_path)
         if all(v.state is not None for v in veiled):
             state = torch.stack([v.state for v in veiled]).to(self.backbone.device, self.scheme.state_dtype)
         elif any(v.state is not None for v in veiled):
@@ -218,12 +303,16 @@ class Anonymizer:
             state = self.scheme.lift(self.encode(to_tensor(images).to(self.backbone.device)), eps)
         nonces = [v.nonce for v in veiled]
         unkeyed = self.keyed_noise(state, eps, self.key_fn(mask_lat, key, nonces, inverse=True))
-        out = self.scheme.sample(unkeyed, eps)
-        decoded = self._decode(out)
-        for i, v in enumerate(veiled):
-            residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
-            if residual is not None:
-                decoded[i] = add_residual(decoded[i], residual, v.mask)
+        with self._phase("sample"):
+            out = self.scheme.sample(unkeyed, eps)
+        with self._phase("decode"):
+            decoded = self._decode(out)
+        with self._phase("residual"):
+            for i, v in enumerate(veiled):
+                residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
+                if residual is not None:
+                    decoded[i] = add_residual(decoded[i], residual, v.mask)
         rec = self._paste(decoded, images, masks)
+        self.meter.finish()
         latents = self.scheme.endpoint(out).cpu()
         return [Recovered(image=rec[i], latent=latents[i]) for i in range(len(veiled))]

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     times, inv_times, grad_times = [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(args.warmup + args.steps):
+    def step(i: int):  # -> (losses, t0, t1, t2)
         keys, nonces = draw_keys(args.batch_size, 0, "bench", i)
         wrong = draw_keys(args.batch_size, 1, "bench", i)[0] if args.wrong_key_weight > 0 else None
         sync()
@@ -107,14 +107,17 @@ def run(args: argparse.Namespace) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync()
-        t2 = time.perf_counter()
+        return out, t0, t1, time.perf_counter()
+
+    for i in range(args.warmup + args.steps):
+        out, t0, t1, t2 = step(i)
         if i >= args.warmup:
             times.append(t2 - t0)
             inv_times.append(t1 - t0)
             grad_times.append(t2 - t1)
         if not torch.isfinite(out["loss"]):
             raise RuntimeError(f"non-finite loss at step {i}: {out}")
-    step = statistics.median(times)
+    step_time = statistics.median(times)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         gpu = torch.cuda.get_device_name(device)
@@ -123,7 +126,15 @@ def run(args: argparse.Namespace) -> dict:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         gpu = None
+    from faceveil.models.perf import bf16_peak_tflops, count_flops, fraction_of_peak
+
+    # Executed FLOPs of one step (forward, backward, recomputation under checkpointing).
+    flops = count_flops(lambda: step(args.warmup + args.steps)) if args.count_flops else None
+    peak_tflops = bf16_peak_tflops(device, args.peak_tflops)
     return {
+        "flops_per_step": flops,
+        "achieved_tflops": flops / step_time / 1e12 if flops else None,
+        "fraction_of_bf16_peak": fraction_of_peak(flops, step_time, peak_tflops) if flops else None,
         "backbone": args.backbone,
         "device": str(device),
         "gpu": gpu,
@@ -144,11 +155,11 @@ def run(args: argparse.Namespace) -> dict:
         "compile": args.compile,
         "identity": args.identity,
         "steps_timed": args.steps,
-        "step_time_s": step,
+        "step_time_s": step_time,
         "step_time_min_s": min(times),
         "no_grad_part_s": statistics.median(inv_times),
         "grad_part_s": statistics.median(grad_times),
-        "images_per_s": args.batch_size / step,
+        "images_per_s": args.batch_size / step_time,
         "peak_mem_gib": peak,
         "last_losses": {k: float(v.detach()) for k, v in out.items()},
     }
@@ -174,7 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checkpoint-steps", dest="checkpoint_steps", action="store_false")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-count-flops", dest="count_flops", action="store_false", help="skip the FLOP count of one step")
+    p.add_argument("--peak-tflops", type=float, help="bf16 peak of this device, when it is not in faceveil.models.perf")
+    p.add_argument("--find-max-batch", action="store_true", help="CUDA: double the batch until it runs out of memory")
     return p
+
+
+def largest_batch(args: argparse.Namespace, limit: int = 256) -> int:
+    """The largest power-of-two batch (from ``--batch-size``) whose step fits in GPU memory."""
+    import torch
+
+    fits, bs = 0, args.batch_size
+    while bs <= limit:
+        trial = argparse.Namespace(**{**vars(args), "batch_size": bs, "steps": 1, "warmup": 0, "count_flops": False})
+        try:
+            run(trial)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        fits, bs = bs, bs * 2
+    return fits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
-    print(json.dumps(run(args), indent=2))
+    result = run(args)
+    if args.find_max_batch:
+        result["largest_batch"] = largest_batch(args)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -20,6 +20,7 @@ from faceveil import __version__
 SUBCOMMANDS: tuple[str, ...] = (
     "keygen",
     "anonymize",
+    "anonymize-shards",
     "recover",
     "inspect",
     "roundtrip",
@@ -48,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "threads"):  # commands that run the networks
+            from faceveil.cli.common import apply_threads
+
+            apply_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("faceveil: interrupted", file=sys.stderr)

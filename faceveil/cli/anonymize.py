@@ -21,6 +21,8 @@ from faceveil.cli.common import (
     resolve_device,
     resolve_dtype,
     resolve_settings,
+    settle,
+    Writer,
 )
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,25 +73,24 @@ def run(args: argparse.Namespace) -> int:
     if items:
         device = resolve_device(args.device)
         backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+        bar = progress(len(items), "anonymize")
         try:
-            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone))
+            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone), on_progress=bar.update,
+                                    compile_unet=args.compile)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        bar = progress(len(items), "anonymize")
+        writer = Writer(report)
         for batch in batches_by(items, lambda it: it.image.shape, args.batch_size):
+            start = bar.n
             try:
                 veiled = anonymizer.anonymize([it.image for it in batch], [it.mask for it in batch], key)
             except (FaceveilError, ValueError, RuntimeError) as exc:
                 for it in batch:
                     report.fail(it.src, exc)
-                bar.update(len(batch))
-                continue
+                veiled = []
             for it, v in zip(batch, veiled):
-                try:
-                    write_veiled(it.dst, v, key)
-                    report.ok += 1
-                except (FaceveilError, OSError) as exc:
-                    report.fail(it.src, exc)
-                bar.update(1)
+                writer.submit(it.src, write_veiled, it.dst, v, key)  # overlaps the next batch
+            settle(bar, start, len(batch))
+        writer.close()
         bar.close()
     return report.finish("anonymized", args.output)

@@ -16,6 +16,8 @@ from faceveil.cli.common import (
     quiet_libraries,
     resolve_device,
     resolve_dtype,
+    settle,
+    Writer,
 )
 
 
@@ -143,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
             return (args.backbone or v.backbone, dtype_for(v), v.settings.scheme, v.settings.steps,
                     v.settings.transform, v.image.shape, v.state is None)
 
+        writer = Writer(report)
         for batch in batches_by(items, group, args.batch_size):
+            start, total = bar.n, len(batch)
             spec, dtype = group(batch[0])[:2]
             v0 = batch[0][2]
             try:
@@ -156,21 +160,18 @@ def run(args: argparse.Namespace) -> int:
                 if v0.compute.get("device", device.type) != device.type:
                     report.note(f"{batch[0][0]}: anonymized on {v0.compute['device']}, recovering on {device.type}; "
                                 "expect last-bit differences")
-                batch = same_weights_only(batch, bb, args.force, report, bar)
+                batch = same_weights_only(batch, bb, args.force, report, bar)  # advances the bar for refusals
                 if not batch:
                     continue
-                rec = Anonymizer(bb, v0.settings).recover([it[2] for it in batch], key, force=True)
+                anonymizer = Anonymizer(bb, v0.settings, on_progress=bar.update)
+                rec = anonymizer.recover([it[2] for it in batch], key, force=True)
             except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
                 for src, _, _ in batch:
                     report.fail(src, exc)
-                bar.update(len(batch))
-                continue
+                rec = []
             for (src, dst, _), r in zip(batch, rec):
-                try:
-                    save_image(dst, r.image)
-                    report.ok += 1
-                except (FaceveilError, OSError) as exc:
-                    report.fail(src, exc)
-                bar.update(1)
+                writer.submit(src, save_image, dst, r.image)
+            settle(bar, start, total)
+        writer.close()
         bar.close()
     return report.finish("recovered", args.output)
