@@ -70,7 +70,7 @@ class ModelConfig:
     adapter: str | None = None  # export folder with trained adapters ("ours-adapters")
     scheme: str = "exact"
     steps: int = 10
-    transform: str = "shuffle"
+    transform: str = "rotation"
     residual: bool = True  # seal the autoencoder residual (pixel-exact recovery from intact files)
 
 

@@ -162,7 +162,13 @@ class Anonymizer:
 
         The one place that decides where and how the key acts; anonymize, recover and the
         training objective all key through it, so they run the same trajectory.
+
+        The key acts on the whole starting noise, not only inside the face mask: the inverted
+        noise outside the mask depends on the face through the UNet, so leaving it unkeyed
+        would publish a fingerprint of the original. (The outside pixels are pasted back, and an
+        inpainting UNet is conditioned on them.)
         """
+        mask_lat = torch.ones_like(mask_lat, dtype=torch.bool)
         if isinstance(keys, SecretKey):
             return lambda z: apply_key(z, mask_lat, self.transform, keys, nonces, inverse)
         keys = list(keys)
