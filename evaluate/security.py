@@ -484,4 +484,19 @@ def run_security(
             results["settings"]["published"] = packed2
             images["published"] = {k: v["images"] for k, v in res2.items()}
             images["published_anonymized"] = s2.pixels
+    if getattr(cfg, "linking", True) and len(targets) + len(reference) >= 2:
+        results["linking"] = linking_suite(cfg, pipe, ours, published, targets + reference)
     return results, images
+
+
+def linking_suite(cfg: Any, pipe: LatentPipe, ours: Any | None, published: Any | None, faces: list[EvalFace]) -> dict[str, Any]:
+    """The linking and keyless-estimation attacks (faceveil.evaluate.linking) on the run's faces."""
+    from faceveil.data.images import elliptical_mask
+    from faceveil.evaluate.linking import method_settings, run_linking
+
+    h, w = faces[0].image.shape[:2]
+    images = [f.image for f in faces if f.image.shape[:2] == (h, w)]
+    backgrounds = images[: max(1, int(getattr(cfg, "linking_backgrounds", 1)))]
+    exact = pipe if pipe.scheme.name == "exact" else LatentPipe(pipe.backbone, "exact", pipe.schedule.steps)
+    return run_linking(exact, method_settings(ours, published), images, elliptical_mask(h, w), backgrounds,
+                       int(getattr(cfg, "linking_reconstruct", 0)))  # fmt: skip
