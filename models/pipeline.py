@@ -100,6 +100,9 @@ class Anonymizer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.progress = progress
+        # "mask" keys only the face region, as the published method does: measurements only
+        # (it leaves the outside noise the original's own, a public fingerprint).
+        self.key_region = "whole"
         self.transform = get_transform(self.settings.transform)
         self.scheme: Scheme = make_scheme(
             self.settings.scheme, Schedule.from_scheduler(backbone.scheduler, self.settings.steps), progress=progress
@@ -168,7 +171,8 @@ class Anonymizer:
         would publish a fingerprint of the original. (The outside pixels are pasted back, and an
         inpainting UNet is conditioned on them.)
         """
-        mask_lat = torch.ones_like(mask_lat, dtype=torch.bool)
+        if self.key_region == "whole":
+            mask_lat = torch.ones_like(mask_lat, dtype=torch.bool)
         if isinstance(keys, SecretKey):
             return lambda z: apply_key(z, mask_lat, self.transform, keys, nonces, inverse)
         keys = list(keys)

@@ -67,3 +67,14 @@ def test_cases_share_everything_outside_the_mask():
     assert all((c[~mask] == 200).all() for c in cases) and [int(c[3, 3, 0]) for c in cases] == [10, 20, 30]
     res = {"cases": 3, "settings": {"ours": {"label": "x", "file -> original": {**summarize(np.array([1.0, 3.0, 2.0])), "feature": "f"}}}}
     assert "| file -> original | ours | top-1 33%" in linking_markdown(res)
+
+
+def test_seam_measures_the_step_across_the_mask_edge():
+    from faceveil.evaluate.edge import seam
+
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    flat = np.full((8, 8, 3), 50, np.uint8)
+    assert seam(flat, mask) == 0.0
+    pasted = np.where(mask[..., None], np.uint8(80), flat)
+    assert seam(pasted, mask) == 30.0
