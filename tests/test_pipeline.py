@@ -171,3 +171,11 @@ def test_caller_nonces_need_consent_and_never_repeat(tiny_backbone, face128, mas
         an.anonymize([face128], [mask128], key, nonces=[bytes(16)])
     with pytest.raises(ValueError, match="twice"):
         an.anonymize([face128, face128], [mask128, mask128], key, nonces=[bytes(16)] * 2, allow_caller_nonces=True)
+
+
+def test_a_residual_that_does_not_open_is_reported(exact_run):
+    anonymizer, key, veiled, path = exact_run
+    good = read_veiled(path, key)
+    assert anonymizer.recover([good], key)[0].residual_opened is True
+    bad = type(good)(**{**good.__dict__, "sealed_residual": bytes([good.sealed_residual[0] ^ 1]) + good.sealed_residual[1:]})
+    assert anonymizer.recover([bad], key)[0].residual_opened is False
