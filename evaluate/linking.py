@@ -52,8 +52,9 @@ def ranks(scores: np.ndarray) -> np.ndarray:
     return 1 + (scores > diag).sum(1) + 0.5 * ((scores == diag).sum(1) - 1)  # ties share the rank
 
 
-def summarize(r: np.ndarray) -> dict[str, float]:
-    n = len(r)
+def summarize(r: np.ndarray, n: int | None = None) -> dict[str, float]:
+    """Top-1 rate and mean rank of true matches among ``n`` candidates (default: len(r))."""
+    n = len(r) if n is None else n
     return {"top1": float(np.mean(r == 1)), "mean_rank": float(np.mean(r)), "chance_top1": 1.0 / n, "chance_mean_rank": (n + 1) / 2}
 
 
@@ -219,7 +220,7 @@ def run_linking(
                 row[attack] = {k: float(np.mean([t[s.name][attack][k] for t in trials])) for k in first}
             else:
                 pooled = {f: np.concatenate([t[s.name][attack][f] for t in trials]) for f in first}
-                per = {f: summarize(r) for f, r in pooled.items()}
+                per = {f: summarize(r, len(faces)) for f, r in pooled.items()}
                 best = min(per, key=lambda k: (-per[k]["top1"], per[k]["mean_rank"]))
                 row[attack] = {**per[best], "feature": best, "features": per}
         results["settings"][s.name] = row

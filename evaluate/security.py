@@ -294,15 +294,22 @@ def file_nonces(path: Path) -> bytes:
     return bytes.fromhex(header["faces"][0]["nonce"] if header.get("version", 2) >= 2 else header["nonce"])
 
 
-def ours_setting(ours: Any, faces: list[EvalFace], paths: Sequence[Path], pipe: LatentPipe) -> Setting:
+def ours_setting(ours: Any, faces: list[EvalFace], paths: Sequence[Path], pipe: LatentPipe, state_public: bool = False) -> Setting:
     """faceveil's files as an attacker reads them: no key, so only the pixels and the public header
-    (the exact state is sealed). The attacker is granted the true masks."""
+    (the exact state is sealed). The attacker is granted the true masks, and with ``state_public``
+    the exact sealed state too (the worst case: as if it leaked)."""
     from faceveil.evaluate.methods import read_pixels
     from faceveil.keys import SecretKey
 
     pixels = [read_pixels(p) for p in paths]
     masks = [f.mask for f in faces]
-    z_keyed, c = pipe.noise(pixels, masks)
+    if state_public:
+        from faceveil.fileformat import read_veiled
+
+        c = pipe.condition(pixels, masks)
+        z_keyed = pipe.invert_state(torch.stack([read_veiled(p, ours.key).state for p in paths]), c)
+    else:
+        z_keyed, c = pipe.noise(pixels, masks)
     z_true, c0 = pipe.noise([f.image for f in faces], masks)
     nonces = [file_nonces(p) for p in paths]
 
@@ -387,13 +394,20 @@ def key_search(signs: torch.Tensor, seed: int, window: int = 1024, timing: int =
 
 
 def same_mask_scenario(ours: Any, faces: list[EvalFace], pipe: LatentPipe, folder: Path, suite: Suite) -> dict[str, Any]:
-    """faceveil with one mask for all images (the CLI's default ellipse): an attacker who knows one
-    pair learns its keyed permutation exactly by sorting magnitudes. Under fresh nonces that is
-    worthless for the other images; under a reused nonce it opens them. The nonce scanner runs
-    on both sets of files."""
+    """faceveil's ``shuffle`` with one mask for all images (the CLI's default ellipse), the exact
+    state granted (as if it leaked): an attacker who knows one pair learns its keyed permutation
+    exactly by sorting magnitudes. Under fresh nonces that is worthless for the other images;
+    under a reused nonce it opens them. The nonce scanner runs on both sets of files."""
+    from types import SimpleNamespace
+
     from faceveil.data.images import elliptical_mask
     from faceveil.fileformat import write_veiled
     from faceveil.keys import new_nonce
+    from faceveil.models.pipeline import Anonymizer
+    from faceveil.models.settings import Settings
+
+    settings = Settings(ours.settings.scheme, ours.settings.steps, "shuffle", ours.settings.residual)
+    ours = SimpleNamespace(anonymizer=Anonymizer(ours.backbone, settings), key=ours.key, settings=settings)
 
     h, w = faces[0].image.shape[:2]
     ell = elliptical_mask(h, w)
@@ -409,7 +423,7 @@ def same_mask_scenario(ours: Any, faces: list[EvalFace], pipe: LatentPipe, folde
             for v, p in zip(veiled, paths):
                 write_veiled(p, v, ours.key)
         scan = scan_nonces([sub])
-        s = ours_setting(ours, same, paths, pipe)
+        s = ours_setting(ours, same, paths, pipe, state_public=True)
         nonces = [file_nonces(p) for p in paths]
         mask0 = s.c.mask_lat[0]
         est_map = MatchEstimate.learn(masked_values(s.z_true[0, 0], mask0), masked_values(s.z_keyed[0, 0], mask0))
