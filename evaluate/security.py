@@ -1,9 +1,12 @@
 """The security suite: what an attacker without the key gets out of anonymized images.
 
-Every attack works where the key acts, on the starting noise inside the latent mask.
-The attacker knows the model, the scheme and everything public in the files; from a
-file they compute the *keyed* noise (faceveil: by inverting the stored latents; the
-published method: by inverting the re-encoded pixels with a re-detected mask). An attack
+Every attack works where the key acts, on the starting noise (faceveil keys all of it; the
+published method only the latent mask). The attacker knows the model, the scheme and
+everything public in the files; from a file they compute the *keyed* noise (faceveil: by
+inverting the re-encoded pixels, since format 2 seals the exact latents; the same-mask
+scenario grants the exact state as a worst case; the published method: by inverting the
+re-encoded pixels with a re-detected mask). The linking and keyless-estimation attacks are
+in :mod:`faceveil.evaluate.linking` (run from :func:`run_security` as ``linking``). An attack
 turns it into an estimate of the *unkeyed* noise, which is then sampled like a recovery.
 
 Measured for each attack and target image:
@@ -251,9 +254,10 @@ class Suite:
         if n >= 2:
             # Known plaintext: image 0's original and anonymized file are given.
             if s.permutes:
-                mask0 = s.c.mask_lat[0]
-                est_map = MatchEstimate.learn(masked_values(s.z_true[0, 0], mask0), masked_values(s.z_keyed[0, 0], mask0))
-                est = s.pipe.rekey(s.z_keyed, match_attack_fn(est_map, s.c.mask_lat), s.c)
+                # faceveil keys the whole noise, so the permutation spans the whole latent.
+                whole = torch.ones_like(s.c.mask_lat)
+                est_map = MatchEstimate.learn(masked_values(s.z_true[0, 0], whole[0]), masked_values(s.z_keyed[0, 0], whole[0]))
+                est = s.pipe.rekey(s.z_keyed, match_attack_fn(est_map, whole), s.c)
                 results["known plaintext (1 pair)"] = self.measure(s, est, legit, others)
             else:
                 signs = sign_estimate(s.z_keyed[0, 0], s.z_true[0, 0], s.true_mask_lat[0])
@@ -263,7 +267,7 @@ class Suite:
         if n >= 2 and prior is not None:
             # Averaging: all targets are under one key; public faces give the mean clean noise.
             if s.permutes:
-                fn = match_each_fn(reference_noise[:, 0].mean(0), s.z_keyed[:, 0].mean(0), s.c.mask_lat)
+                fn = match_each_fn(reference_noise[:, 0].mean(0), s.z_keyed[:, 0].mean(0), torch.ones_like(s.c.mask_lat))
             else:
                 fn = sign_attack_fn(torch.sign(s.z_keyed[:, 0].mean(0)) * prior, None, s.c.mask_lat)
             est = s.pipe.rekey(s.z_keyed, fn, s.c)
@@ -425,9 +429,9 @@ def same_mask_scenario(ours: Any, faces: list[EvalFace], pipe: LatentPipe, folde
         scan = scan_nonces([sub])
         s = ours_setting(ours, same, paths, pipe, state_public=True)
         nonces = [file_nonces(p) for p in paths]
-        mask0 = s.c.mask_lat[0]
-        est_map = MatchEstimate.learn(masked_values(s.z_true[0, 0], mask0), masked_values(s.z_keyed[0, 0], mask0))
-        est = pipe.rekey(s.z_keyed, match_attack_fn(est_map, s.c.mask_lat), s.c)
+        whole = torch.ones_like(s.c.mask_lat)  # faceveil keys the whole noise
+        est_map = MatchEstimate.learn(masked_values(s.z_true[0, 0], whole[0]), masked_values(s.z_keyed[0, 0], whole[0]))
+        est = pipe.rekey(s.z_keyed, match_attack_fn(est_map, whole), s.c)
         result = suite.measure(s, est, suite.legit(s), list(range(1, len(same))))
         result["summary"]["nonce_scan"] = scan.to_dict()
         result["summary"]["nonces_distinct"] = len(set(nonces))
