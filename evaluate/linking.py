@@ -267,34 +267,6 @@ def method_settings(ours: Any | None, published: Any | None) -> list[Setting]:
     return out
 
 
-def linking_markdown(res: dict[str, Any]) -> str:
-    """The report's table of linking and keyless-estimation attacks."""
-    intro = (
-        f"**Linking and keyless estimation** ({res.get('cases')} real faces pasted into one shared background inside one "
-        f"shared mask, {res.get('backgrounds', 1)} background(s); see `faceveil.evaluate.linking`). A rank of 1 means the attacker "
-        "found the true original (or the other file of the same photo); *state public* grants the exact keyed noise that format "
-        "version 1 published; *ideal re-encoding* grants an autoencoder that inverts the decoder exactly."
-    )
-    return intro + "\n\n| Attack | Setting | Result |\n|---|---|---|\n" + "\n".join(table_rows(res))
-
-
-def table_rows(res: dict[str, Any]) -> list[str]:
-    """Markdown rows: attack | setting | rate (used by the evaluation report)."""
-    rows = []
-    for name, row in (res.get("settings") or {}).items():
-        for attack, r in row.items():
-            if not isinstance(r, dict):
-                continue
-            if "signs_right" in r:
-                value = (f"rel. error {r['rel_error']:.2f} with the file's own magnitudes vs {r['rel_error_other_files']:.2f} "
-                         f"with other files' ({r['signs_right']:.0%} signs right from the prior alone)")
-            else:
-                feat = f" via {r['feature']}" if "feature" in r else ""
-                value = f"top-1 {r['top1']:.0%}, mean rank {r['mean_rank']:.1f} (chance {r['chance_top1']:.0%}, {r['chance_mean_rank']:.1f}){feat}"
-            rows.append(f"| {attack} | {name} | {value} |")
-    return rows
-
-
 def sample_faces(folder: Any, size: int) -> list[np.ndarray]:
     """The bundled sample set's aligned faces (16: 8 people, each also mirrored) at ``size`` px."""
     from faceveil.data.sample_set import build_sample_shards
@@ -311,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from faceveil.data.images import elliptical_mask
     from faceveil.evaluate.jsonio import write_json
+    from faceveil.evaluate.linking_report import linking_markdown
     from faceveil.models.backbones import load_backbone
 
     p = argparse.ArgumentParser(prog="python -m faceveil.evaluate.linking", description=__doc__.splitlines()[0])
@@ -332,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                       elliptical_mask(args.size, args.size), faces[: args.backgrounds], args.reconstruct)  # fmt: skip
     res["command"] = "python -m faceveil.evaluate.linking " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     write_json(args.out / "linking.json", res)
-    print("| attack | setting | result |\n|---|---|---|")
-    print("\n".join(table_rows(res)))
+    print(linking_markdown(res))
     print(json.dumps({"cases": res["cases"], "out": str(args.out / "linking.json")}))
     return 0
 

@@ -213,7 +213,7 @@ def security_tables(m: dict[str, Any]) -> str:
             + table(["Nonces", "Distinct nonces", "Nonce scanner", "Key stream restored", "Latent err vs key holder", "Opens images?"], rows)
         )
     if s.get("linking"):
-        from faceveil.evaluate.linking import linking_markdown
+        from faceveil.evaluate.linking_report import linking_markdown
 
         parts.append(linking_markdown(s["linking"]))
     ks = [(k, v["key_search"]) for k, v in s["settings"].items() if "key_search" in v]

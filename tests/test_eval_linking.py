@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from faceveil.evaluate.baselines import sign_key_fn
-from faceveil.evaluate.linking import linking_markdown, noise_scores, paste_cases, prior_estimates, ranks, summarize
+from faceveil.evaluate.linking import noise_scores, paste_cases, prior_estimates, ranks, summarize
+from faceveil.evaluate.linking_report import linking_markdown
 from faceveil.keys import SecretKey, new_nonce
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.settings import LATTICE
