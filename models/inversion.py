@@ -33,7 +33,7 @@ EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 LatentFn = Callable[[torch.Tensor], torch.Tensor]
 
-LATTICE = 2.0**-20
+from faceveil.models.settings import LATTICE  # noqa: E402 (re-exported)
 
 # Fixed-point iterations of the exact scheme's first inversion step (x_0 -> x_1, at t_1, where
 # eps barely moves). Measured on tiny, t_1 = 1: max |x_1 - x_1(20 iterations)| is 3.0e-4 after 0,

@@ -8,9 +8,11 @@ the exact stored latents when the file carries them.
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,26 +33,35 @@ from faceveil.models.settings import Settings
 
 @dataclass
 class Veiled:
-    """One anonymized image and what its recovery needs (all public)."""
+    """One anonymized image and what its recovery needs (the file seals all but the pixels)."""
 
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) bool, pixel face mask
     nonce: bytes
     settings: Settings
-    key_fingerprint: str
-    backbone: str
+    key_check: str  # per-file check value, SecretKey.check_value(nonce); "" for version 1 files
+    backbone: str  # backbone id (an export's base, never a local path)
     adapter_hash: str | None = None
     state: torch.Tensor | None = None  # (S, C, h, w) clean-end scheme state; None when stripped
     sealed_residual: bytes | None = None  # encrypted pixel residual (see faceveil.models.residual)
     compute: dict[str, str] = field(default_factory=dict)  # dtype and device type the UNet ran in
     authenticated: bool | None = None  # header MAC verified under the key (None: not checked)
-    background_intact: bool = True  # pixels outside the mask match the hash in the header
+    background_intact: bool = True  # the file's pixels match the hash its header records
+    adapter_name: str | None = None  # the adapter's folder name, recorded with its hash
+    key_fingerprint: str | None = None  # version 1 files only: the key's global fingerprint
+
+    def key_matches(self, key: SecretKey) -> bool:
+        """Whether ``key`` is the one this image was anonymized with (by its check value)."""
+        if self.key_check:
+            return hmac.compare_digest(self.key_check, key.check_value(self.nonce))
+        return self.key_fingerprint == key.fingerprint
 
 
 @dataclass
 class Recovered:
     image: np.ndarray  # (H, W, 3) uint8
     latent: torch.Tensor  # (C, h, w) recovered clean latent
+    residual_opened: bool | None = None  # the sealed residual opened (None: the file had none)
 
 
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -69,6 +80,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def public_backbone_id(bb: Backbone) -> str:
+    """The backbone a file records: an export's base spec, never the export's local path."""
+    return str((bb.extra or {}).get("base_spec") or bb.spec)
 
 
 class Anonymizer:
@@ -102,6 +118,9 @@ class Anonymizer:
         self.unet_path = "compiled" if compile_unet else "eager"
         self._bucket = 1
         self._unets: dict[str, Backbone] = {"eager": backbone}
+        # "mask" keys only the face region, as the published method does: measurements only
+        # (it leaves the outside noise the original's own, a public fingerprint).
+        self.key_region = "whole"
         self.transform = get_transform(self.settings.transform)
         self.scheme: Scheme = make_scheme(
             self.settings.scheme, Schedule.from_scheduler(backbone.scheduler, self.settings.steps), progress=progress
@@ -191,7 +210,14 @@ class Anonymizer:
 
         The one place that decides where and how the key acts; anonymize, recover and the
         training objective all key through it, so they run the same trajectory.
+
+        The key acts on the whole starting noise, not only inside the face mask: the inverted
+        noise outside the mask depends on the face through the UNet, so leaving it unkeyed
+        would publish a fingerprint of the original. (The outside pixels are pasted back, and an
+        inpainting UNet is conditioned on them.)
         """
+        if self.key_region == "whole":
+            mask_lat = torch.ones_like(mask_lat, dtype=torch.bool)
         if isinstance(keys, SecretKey):
             return lambda z: apply_key(z, mask_lat, self.transform, keys, nonces, inverse)
         keys = list(keys)
@@ -216,9 +242,22 @@ class Anonymizer:
         masks: Sequence[np.ndarray],
         key: SecretKey,
         nonces: Sequence[bytes] | None = None,
+        allow_caller_nonces: bool = False,
+        allow_nonce_reuse: bool = False,
     ) -> list[Veiled]:
-        """Anonymize same-sized uint8 RGB images inside their boolean face masks."""
-        nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
+        """Anonymize same-sized uint8 RGB images inside their boolean face masks.
+
+        Nonces are drawn fresh. A caller's ``nonces`` are used only with ``allow_caller_nonces``
+        (tests, reproductions), and never one twice unless ``allow_nonce_reuse`` (the security
+        suite's demonstration of why reuse is fatal).
+        """
+        if nonces is None:
+            nonces = [new_nonce() for _ in images]
+        elif not allow_caller_nonces:
+            raise ValueError("caller-chosen nonces are refused; pass allow_caller_nonces=True if you must")
+        nonces = list(nonces)
+        if len(set(nonces)) != len(nonces) and not allow_nonce_reuse:
+            raise ValueError("a nonce occurs twice in one call: files would share their key stream")
         bucket = self._bucket_of(len(images))
         self._start(len(images), bucket, anonymize=True, lift=True)
         with self._phase("condition"):
@@ -248,9 +287,10 @@ class Anonymizer:
                 mask=np.asarray(masks[i], dtype=bool),
                 nonce=nonces[i],
                 settings=self.settings,
-                key_fingerprint=key.fingerprint,
-                backbone=bb.spec,
+                key_check=key.check_value(nonces[i]),
+                backbone=public_backbone_id(bb),
                 adapter_hash=bb.adapter_hash,
+                adapter_name=Path(bb.spec).name if bb.adapter_hash else None,
                 state=out[i].cpu(),
                 sealed_residual=sealed[i],
                 compute=dict(compute),
@@ -274,10 +314,10 @@ class Anonymizer:
         """Recover originals. A key whose fingerprint differs is refused unless ``force``."""
         if not force:
             for v in veiled:
-                if v.key_fingerprint != key.fingerprint:
+                if not v.key_matches(key):
                     raise KeyMismatchError(
-                        f"the key (fingerprint {key.fingerprint}) is not the one this image was anonymized with "
-                        f"(fingerprint {v.key_fingerprint}); use --force to try anyway"
+                        "the key is not the one this image was anonymized with (its check value differs); "
+                        "use --force to try anyway"
                     )
         groups: dict[tuple[int, str], list[int]] = {}
         for i, v in enumerate(veiled):
@@ -307,12 +347,14 @@ class Anonymizer:
             out = self.scheme.sample(unkeyed, eps)
         with self._phase("decode"):
             decoded = self._decode(out)
+        opened: list[bool | None] = [None] * len(veiled)
         with self._phase("residual"):
             for i, v in enumerate(veiled):
                 residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
+                opened[i] = None if not v.sealed_residual else residual is not None
                 if residual is not None:
                     decoded[i] = add_residual(decoded[i], residual, v.mask)
         rec = self._paste(decoded, images, masks)
         self.meter.finish()
         latents = self.scheme.endpoint(out).cpu()
-        return [Recovered(image=rec[i], latent=latents[i]) for i in range(len(veiled))]
+        return [Recovered(image=rec[i], latent=latents[i], residual_opened=opened[i]) for i in range(len(veiled))]

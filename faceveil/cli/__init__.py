@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "anonymize-shards",
     "recover",
     "inspect",
+    "verify",
     "roundtrip",
     "demo",
     "prepare",

@@ -69,10 +69,15 @@ def apply_threads(threads: int | None) -> int:
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
     from faceveil.models.settings import SCHEMES, TRANSFORMS
 
-    g = p.add_argument_group("inversion (defaults: an export's recorded settings, else exact / 50 / shuffle)")
+    g = p.add_argument_group("inversion (defaults: an export's recorded settings, else exact / 50 / rotation)")
     g.add_argument("--scheme", choices=SCHEMES, help="inversion scheme")
     g.add_argument("--steps", type=positive_int, help="DDIM steps (exact needs >= 2)")
-    g.add_argument("--transform", choices=tuple(TRANSFORMS), help="key transform")
+    g.add_argument(
+        "--transform",
+        choices=tuple(TRANSFORMS),
+        help="key transform: rotation (keyed Givens rotations; hides magnitudes), shuffle (keyed permutation and "
+        "signs; keeps the multiset of magnitudes), signflip (the published method's: INSECURE, only to reproduce it)",
+    )
 
 
 def resolve_settings(args: argparse.Namespace, backbone):  # -> Settings
@@ -124,9 +129,14 @@ class Report:
     ok: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)  # failed authentication: exit status 3
 
     def fail(self, path: str | Path, reason: object) -> None:
+        from faceveil.errors import TamperedError
+
         self.failed.append(str(path))
+        if isinstance(reason, TamperedError):
+            self.tampered.append(str(path))
         msg = str(reason)
         prefix = f"{path}: "
         print(f"faceveil {self.command}: {msg if msg.startswith(prefix) else prefix + msg}", file=sys.stderr, flush=True)
@@ -140,7 +150,13 @@ class Report:
             parts.append(f"skipped {self.skipped}")
         parts.append(f"failed {len(self.failed)}")
         print(f"faceveil {self.command}: {', '.join(parts)} -> {outdir}", file=sys.stderr)
-        return 1 if self.failed else 0
+        return self.status()
+
+    def status(self) -> int:
+        """0 all well; 3 a file failed authentication (edited pixels or metadata); 1 other failures."""
+        from faceveil.errors import TAMPERED_EXIT
+
+        return TAMPERED_EXIT if self.tampered else 1 if self.failed else 0
 
 
 def output_path(src: Path, root: Path | None, outdir: Path, suffix: str = ".png") -> Path:
