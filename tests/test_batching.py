@@ -61,16 +61,16 @@ def test_anonymize_in_a_batch_recover_each_alone_bit_exact(backbone, faces):
     mask = elliptical_mask(SIZE, SIZE)
     nonces = [bytes([i]) * 16 for i in range(4)]
     a = Anonymizer(backbone, Settings("exact", STEPS))
-    veiled = a.anonymize(faces, [mask] * 4, key, nonces=nonces)
+    veiled = a.anonymize(faces, [mask] * 4, key, nonces=nonces, allow_caller_nonces=True)
     assert {v.compute["bucket"] for v in veiled} == {"4"}
     # The same image with other neighbours at another position: the same bits.
-    moved = a.anonymize([faces[3], faces[2], faces[0]], [mask] * 3, key, nonces=[nonces[3], nonces[2], nonces[0]])
+    moved = a.anonymize([faces[3], faces[2], faces[0]], [mask] * 3, key, nonces=[nonces[3], nonces[2], nonces[0]], allow_caller_nonces=True)
     assert np.array_equal(moved[2].image, veiled[0].image) and torch.equal(moved[2].state, veiled[0].state)
     for v, face in zip(veiled, faces):
         rec = a.recover([v], key)[0]
         assert np.array_equal(rec.image, face)
     # A bucket-1 file and a bucket-4 file recovered together: each at its own bucket.
-    single = a.anonymize(faces[1:2], [mask], key, nonces=[nonces[1]])[0]
+    single = a.anonymize(faces[1:2], [mask], key, nonces=[nonces[1]], allow_caller_nonces=True)[0]
     assert single.compute["bucket"] == "1"
     both = a.recover([single, veiled[2]], key)
     assert np.array_equal(both[0].image, faces[1]) and np.array_equal(both[1].image, faces[2])

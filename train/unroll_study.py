@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings("exact", args.steps, "shuffle")
     batch = Batch.from_loader(faces, torch.device("cpu"))
     keys, nonces = draw_keys(len(images), 0, "study")
-    veiled = Anonymizer(bb, settings, batch_invariant=False).anonymize(list(images), list(masks), keys[0], nonces)
+    veiled = Anonymizer(bb, settings, batch_invariant=False).anonymize(list(images), list(masks), keys[0], nonces, allow_caller_nonces=True)
     real = torch.stack([v.state[0] for v in veiled]).float()
     mask_lat = (latent_mask(batch.mask, bb.vae_factor) > 0).expand_as(real)
     with torch.no_grad():

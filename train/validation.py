@@ -91,7 +91,7 @@ def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], set
     nonces = draw_keys(len(images), 0, "validation-nonces")[1]
     anonymizer = Anonymizer(backbone, settings)
     with eval_mode(backbone.unet):
-        veiled = anonymizer.anonymize(list(images), list(masks), key, nonces)
+        veiled = anonymizer.anonymize(list(images), list(masks), key, nonces, allow_caller_nonces=True)  # a fixed validation key: files never leave the run
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             paths = [write_veiled(Path(tmp) / f"val-{i:03d}.png", v, key) for i, v in enumerate(veiled)]
             read = [read_veiled(p, key) for p in paths]
