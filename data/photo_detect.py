@@ -59,3 +59,7 @@ def select_faces(faces: list[Face], policy: str, min_face: float) -> tuple[list[
         sizes = ", ".join(f"face {i} is {faces[i].size:.0f} px" for i in small)
         return [], f"{sizes} < --min-face {min_face:g} px; refusing the photo rather than leaving a face visible"
     return big, None
+
+
+class NoFaceError(InputError):
+    """A photo in which no face was found (``--keep-faceless`` writes it unchanged)."""

@@ -102,8 +102,18 @@ def run(args: argparse.Namespace) -> int:
     report = Report("recover")
     key = load_key(args.key)
     loader = Loader(args, key, report)
+    from faceveil.cli.recover_photos import recover_photo_files
+    from faceveil.pngchunks import has_chunk
+    from faceveil.photofile import HEADER_CHUNK as PHOTO_CHUNK
+
     items = []
-    for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
+    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
+    photo_pairs = [(src, dst) for src, dst in pairs if has_chunk(src, (PHOTO_CHUNK,))]
+    if photo_pairs:
+        recover_photo_files(args, key, photo_pairs, report)
+    for src, dst in pairs:
+        if (src, dst) in photo_pairs:
+            continue
         try:
             items.append((src, dst, loader.load(src)))
         except FaceveilError as exc:

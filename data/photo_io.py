@@ -1,0 +1,66 @@
+"""Reading ordinary photos for anonymization, with the checks a batch needs.
+
+:func:`load_photo` gives an upright ``(H, W, 3)`` uint8 array (EXIF orientation
+applied) and nothing else: no EXIF (with its thumbnail of the face), GPS, XMP,
+ICC profile or comment travels with it, so nothing of them can reach an output.
+It refuses, each with one line: a photo over ``max_pixels`` (checked from the
+header, before decoding), 16-bit and float images, transparency, corrupt and
+truncated files, and files that are already faceveil outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceveil.data.images import to_rgb_array
+from faceveil.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000
+FACEVEIL_CHUNKS = (b"fvHd", b"fvPh")
+
+
+def png_bit_depth(path: Path) -> int | None:
+    """The bit depth in a PNG's IHDR (Pillow reads 16-bit RGB as 8-bit without a word)."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 33 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">B", head[24:25])[0]
+
+
+def is_faceveil_file(path: str | os.PathLike[str]) -> bool:
+    from faceveil.pngchunks import has_chunk
+
+    return has_chunk(path, FACEVEIL_CHUNKS)
+
+
+def load_photo(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, allow_anonymized: bool = False) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if not allow_anonymized and is_faceveil_file(path):
+        raise InputError(f"{path}: already a faceveil output; refusing to anonymize it again (use --allow-anonymized)")
+    depth = png_bit_depth(path)
+    if depth is not None and depth > 8:
+        raise InputError(f"{path}: {depth}-bit PNG is not supported; convert to 8-bit first")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise InputError(f"{path}: photo is {w}x{h} ({w * h / 1e6:.0f} MP), over the limit of {max_pixels / 1e6:.0f} MP (--max-pixels)")
+                img.load()
+                return to_rgb_array(ImageOps.exif_transpose(img), str(path))
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: photo is over the limit of {max_pixels / 1e6:.0f} MP (--max-pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
