@@ -55,12 +55,12 @@ def load_photo(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise InputError(f"{path}: photo is {w}x{h} ({w * h / 1e6:.0f} MP), over the limit of {max_pixels / 1e6:.0f} MP (--max-pixels)")
+                    raise InputError(f"{path}: photo is {w}x{h} ({w * h / 1e6:.1f} MP), over the limit of {max_pixels / 1e6:g} MP (--max-pixels)")
                 img.load()
                 return to_rgb_array(ImageOps.exif_transpose(img), str(path))
     except InputError:
         raise
     except Image.DecompressionBombError:
-        raise InputError(f"{path}: photo is over the limit of {max_pixels / 1e6:.0f} MP (--max-pixels)") from None
+        raise InputError(f"{path}: photo is over the limit of {max_pixels / 1e6:g} MP (--max-pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
