@@ -74,10 +74,10 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
     return arr >= 128
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], mode: int | None = None) -> Path:
     """Call ``write(tmp_path)`` then rename into ``path``, so readers never see a partial file.
 
-    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
+    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600, unless ``mode``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,9 +86,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp_path, mode)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -98,13 +100,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     return path
 
 
-def save_image(path: str | os.PathLike[str], image: np.ndarray, **pil_kwargs: object) -> Path:
-    """Atomically write an ``(H, W, 3)`` or ``(H, W)`` uint8 array; the suffix picks the format."""
+def save_image(path: str | os.PathLike[str], image: np.ndarray, mode: int | None = None, **pil_kwargs: object) -> Path:
+    """Atomically write an ``(H, W, 3)`` or ``(H, W)`` uint8 array; the suffix picks the format.
+
+    ``mode`` sets the file's permissions (e.g. 0o600 for a recovered original)."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise InputError(f"{path}: unknown image suffix")
     img = Image.fromarray(np.ascontiguousarray(image))
-    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **pil_kwargs))
+    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **pil_kwargs), mode)
 
 
 def iter_image_files(inputs: list[str | os.PathLike[str]]) -> list[Path]:

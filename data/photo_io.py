@@ -22,7 +22,6 @@ from faceveil.data.images import to_rgb_array
 from faceveil.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000
-FACEVEIL_CHUNKS = (b"fvHd", b"fvPh")
 
 
 def png_bit_depth(path: Path) -> int | None:
@@ -35,9 +34,16 @@ def png_bit_depth(path: Path) -> int | None:
 
 
 def is_faceveil_file(path: str | os.PathLike[str]) -> bool:
-    from faceveil.pngchunks import has_chunk
+    from faceveil.errors import FormatError
+    from faceveil.fileformat import HEADER_CHUNK, read_chunks
 
-    return has_chunk(path, FACEVEIL_CHUNKS)
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+    try:
+        return HEADER_CHUNK in read_chunks(path)
+    except FormatError:
+        return False  # a malformed PNG: decoding it reports why
 
 
 def load_photo(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, allow_anonymized: bool = False) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Detect nonce reuse in a set of anonymized files.
 
-Every faceveil file records its nonce and the fingerprint of the key it was made with
-(both public). Two files with the same nonce under the same key share their key stream:
+Every faceveil file records, per face, its nonce and a check value of (key, nonce) (version 1:
+the key's fingerprint); both are public. Two faces with the same nonce under the same key
+have the same check value and share their key stream:
 one known (original, anonymized) pair then opens the other (the security suite shows it),
 and the sealed residuals share a cipher stream. :func:`scan_nonces` reads only the headers
 and flags every (fingerprint, nonce) that occurs more than once.
@@ -80,12 +81,16 @@ def scan_nonces(paths: Iterable[str | os.PathLike[str]]) -> NonceScan:
             scan.without_metadata.append(str(path))
             continue
         try:
-            key = (str(header["key_fingerprint"]), str(header["nonce"]))
-        except KeyError as exc:
+            if header.get("version") == 1:
+                keys = [(str(header["key_fingerprint"]), str(header["nonce"]))]
+            else:
+                keys = [(str(f["check"]), str(f["nonce"])) for f in header["faces"]]
+        except (KeyError, TypeError) as exc:
             scan.unreadable.append((str(path), f"header lacks {exc}"))
             continue
         scan.with_metadata += 1
-        seen.setdefault(key, []).append(str(path))
+        for key in keys:
+            seen.setdefault(key, []).append(str(path))
     scan.reused = [NonceReuse(fp, nonce, tuple(files)) for (fp, nonce), files in seen.items() if len(files) > 1]
     return scan
 

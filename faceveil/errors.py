@@ -19,3 +19,10 @@ class FormatError(FaceveilError):
 
 class ConfigError(FaceveilError):
     """A configuration is invalid."""
+
+
+class TamperedError(FormatError):
+    """An anonymized file fails authentication: edited pixels or metadata (exit status 3)."""
+
+
+TAMPERED_EXIT = 3

@@ -79,6 +79,14 @@ class SecretKey:
             self.material
         )
 
+    def check_value(self, nonce: bytes) -> str:
+        """Per-file public check value (64-bit hex): HMAC under a subkey bound to ``nonce``.
+
+        It tells the key holder whether a file is theirs, yet files under one key share
+        nothing (unlike :attr:`fingerprint`), so they do not cluster by publisher.
+        """
+        return hmac.new(self.subkey("check", nonce), b"faceveil/v2/check", hashlib.sha256).hexdigest()[:16]
+
     def mac(self, data: bytes) -> str:
         """HMAC-SHA256 tag (hex) that authenticates public file metadata under this key."""
         return hmac.new(self.subkey("metadata-mac", b""), data, hashlib.sha256).hexdigest()

@@ -69,7 +69,6 @@ class VeiledPhoto:
     faces: list[PhotoFace]
     nonce: bytes  # per-photo nonce of the sealed residual
     sealed_residual: bytes | None
-    key_fingerprint: str
     authenticated: bool | None = None  # set by readers
     meta: dict[str, object] = field(default_factory=dict)
 
@@ -143,7 +142,7 @@ class PhotoAnonymizer:
                 paste_face(rebuilt, crop, f.matrix, r)
             nonce = new_nonce()
             sealed = seal_photo_residual(job.photo, rebuilt, job.regions, key, nonce)
-            out.append(VeiledPhoto(image, job.faces, nonce, sealed, key.fingerprint))
+            out.append(VeiledPhoto(image, job.faces, nonce, sealed))
         return out
 
     def recover(self, photos: Sequence[VeiledPhoto], key: SecretKey, force: bool = False) -> list[np.ndarray]:

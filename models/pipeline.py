@@ -8,9 +8,11 @@ the exact stored latents when the file carries them.
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from faceveil.errors import InputError, KeyMismatchError
 from faceveil.keys import SecretKey, new_nonce
 from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
-from faceveil.models.inversion import Scheme, make_scheme
+from faceveil.models.inversion import EpsFn, LatentFn, Scheme, make_scheme
 from faceveil.models.key_transforms import apply_key, get_transform
 from faceveil.models.residual import add_residual, open_residual, seal_residual
 from faceveil.models.schedule import Schedule
@@ -28,26 +30,35 @@ from faceveil.models.settings import Settings
 
 @dataclass
 class Veiled:
-    """One anonymized image and what its recovery needs (all public)."""
+    """One anonymized image and what its recovery needs (the file seals all but the pixels)."""
 
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) bool, pixel face mask
     nonce: bytes
     settings: Settings
-    key_fingerprint: str
-    backbone: str
+    key_check: str  # per-file check value, SecretKey.check_value(nonce); "" for version 1 files
+    backbone: str  # backbone id (an export's base, never a local path)
     adapter_hash: str | None = None
     state: torch.Tensor | None = None  # (S, C, h, w) clean-end scheme state; None when stripped
     sealed_residual: bytes | None = None  # encrypted pixel residual (see faceveil.models.residual)
     compute: dict[str, str] = field(default_factory=dict)  # dtype and device type the UNet ran in
     authenticated: bool | None = None  # header MAC verified under the key (None: not checked)
-    background_intact: bool = True  # pixels outside the mask match the hash in the header
+    background_intact: bool = True  # the file's pixels match the hash its header records
+    adapter_name: str | None = None  # the adapter's folder name, recorded with its hash
+    key_fingerprint: str | None = None  # version 1 files only: the key's global fingerprint
+
+    def key_matches(self, key: SecretKey) -> bool:
+        """Whether ``key`` is the one this image was anonymized with (by its check value)."""
+        if self.key_check:
+            return hmac.compare_digest(self.key_check, key.check_value(self.nonce))
+        return self.key_fingerprint == key.fingerprint
 
 
 @dataclass
 class Recovered:
     image: np.ndarray  # (H, W, 3) uint8
     latent: torch.Tensor  # (C, h, w) recovered clean latent
+    residual_opened: bool | None = None  # the sealed residual opened (None: the file had none)
 
 
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -66,6 +77,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def public_backbone_id(bb: Backbone) -> str:
+    """The backbone a file records: an export's base spec, never the export's local path."""
+    return str((bb.extra or {}).get("base_spec") or bb.spec)
 
 
 class Anonymizer:
@@ -135,6 +151,31 @@ class Anonymizer:
     def _paste(decoded: np.ndarray, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
         return np.where(np.stack(list(masks))[..., None], decoded, np.stack(list(images)))
 
+    def key_fn(
+        self,
+        mask_lat: torch.Tensor,
+        keys: SecretKey | Sequence[SecretKey],
+        nonces: Sequence[bytes],
+        inverse: bool = False,
+    ) -> LatentFn:
+        """The keyed latent bijection (or its inverse) for a batch: one key for all, or one key per image.
+
+        The one place that decides where and how the key acts; anonymize, recover and the
+        training objective all key through it, so they run the same trajectory.
+        """
+        if isinstance(keys, SecretKey):
+            return lambda z: apply_key(z, mask_lat, self.transform, keys, nonces, inverse)
+        keys = list(keys)
+        if len(keys) != len(nonces):
+            raise ValueError("one key per nonce")
+        return lambda z: torch.cat(
+            [apply_key(z[i : i + 1], mask_lat[i : i + 1], self.transform, keys[i], [nonces[i]], inverse) for i in range(len(keys))]
+        )
+
+    def keyed_noise(self, clean: torch.Tensor, eps: EpsFn, key_fn: LatentFn) -> torch.Tensor:
+        """Clean-end state -> keyed noise-end state: the start of sampling (no gradients needed)."""
+        return self.scheme.rekey(self.scheme.invert(clean, eps), key_fn, eps)
+
     # ------------------------------------------------------------------ API
     @torch.no_grad()
     def anonymize(
@@ -143,17 +184,29 @@ class Anonymizer:
         masks: Sequence[np.ndarray],
         key: SecretKey,
         nonces: Sequence[bytes] | None = None,
+        allow_caller_nonces: bool = False,
+        allow_nonce_reuse: bool = False,
     ) -> list[Veiled]:
-        """Anonymize same-sized uint8 RGB images inside their boolean face masks."""
-        nonces = [new_nonce() for _ in images] if nonces is None else list(nonces)
+        """Anonymize same-sized uint8 RGB images inside their boolean face masks.
+
+        Nonces are drawn fresh. A caller's ``nonces`` are used only with ``allow_caller_nonces``
+        (tests, reproductions), and never one twice unless ``allow_nonce_reuse`` (the security
+        suite's demonstration of why reuse is fatal).
+        """
+        if nonces is None:
+            nonces = [new_nonce() for _ in images]
+        elif not allow_caller_nonces:
+            raise ValueError("caller-chosen nonces are refused; pass allow_caller_nonces=True if you must")
+        nonces = list(nonces)
+        if len(set(nonces)) != len(nonces) and not allow_nonce_reuse:
+            raise ValueError("a nonce occurs twice in one call: files would share their key stream")
         x, _, mask_lat, eps = self._prepare(images, masks)
         clean = self.scheme.lift(self.encode(x), eps)
         sealed: list[bytes | None] = [None] * len(images)
         if self.settings.residual:
             ref = self._decode(clean)
             sealed = [seal_residual(images[i], ref[i], masks[i], key, nonces[i]) for i in range(len(images))]
-        noise = self.scheme.invert(clean, eps)
-        keyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces), eps)
+        keyed = self.keyed_noise(clean, eps, self.key_fn(mask_lat, key, nonces))
         out = self.scheme.sample(keyed, eps)
         anon = self._paste(self._decode(out), images, masks)
         bb = self.backbone
@@ -163,9 +216,10 @@ class Anonymizer:
                 mask=np.asarray(masks[i], dtype=bool),
                 nonce=nonces[i],
                 settings=self.settings,
-                key_fingerprint=key.fingerprint,
-                backbone=bb.spec,
+                key_check=key.check_value(nonces[i]),
+                backbone=public_backbone_id(bb),
                 adapter_hash=bb.adapter_hash,
+                adapter_name=Path(bb.spec).name if bb.adapter_hash else None,
                 state=out[i].cpu(),
                 sealed_residual=sealed[i],
                 compute={"dtype": str(bb.dtype).removeprefix("torch."), "device": bb.device.type},
@@ -178,10 +232,10 @@ class Anonymizer:
         """Recover originals. A key whose fingerprint differs is refused unless ``force``."""
         if not force:
             for v in veiled:
-                if v.key_fingerprint != key.fingerprint:
+                if not v.key_matches(key):
                     raise KeyMismatchError(
-                        f"the key (fingerprint {key.fingerprint}) is not the one this image was anonymized with "
-                        f"(fingerprint {v.key_fingerprint}); use --force to try anyway"
+                        "the key is not the one this image was anonymized with (its check value differs); "
+                        "use --force to try anyway"
                     )
         images = [v.image for v in veiled]
         masks = [v.mask for v in veiled]
@@ -193,14 +247,15 @@ class Anonymizer:
         else:
             state = self.scheme.lift(self.encode(to_tensor(images).to(self.backbone.device)), eps)
         nonces = [v.nonce for v in veiled]
-        noise = self.scheme.invert(state, eps)
-        unkeyed = self.scheme.rekey(noise, lambda z: apply_key(z, mask_lat, self.transform, key, nonces, inverse=True), eps)
+        unkeyed = self.keyed_noise(state, eps, self.key_fn(mask_lat, key, nonces, inverse=True))
         out = self.scheme.sample(unkeyed, eps)
         decoded = self._decode(out)
+        opened: list[bool | None] = [None] * len(veiled)
         for i, v in enumerate(veiled):
             residual = open_residual(v.sealed_residual, v.mask, key, v.nonce) if v.sealed_residual else None
+            opened[i] = None if not v.sealed_residual else residual is not None
             if residual is not None:
                 decoded[i] = add_residual(decoded[i], residual, v.mask)
         rec = self._paste(decoded, images, masks)
         latents = self.scheme.endpoint(out).cpu()
-        return [Recovered(image=rec[i], latent=latents[i]) for i in range(len(veiled))]
+        return [Recovered(image=rec[i], latent=latents[i], residual_opened=opened[i]) for i in range(len(veiled))]

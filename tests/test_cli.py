@@ -85,8 +85,9 @@ def test_inspect_prints_public_metadata(tmp_path, face128, keyfile, capsys):
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "a" / "f.png")]) == 0
     meta = json.loads(capsys.readouterr().out)
-    assert meta["scheme"] == "exact" and meta["steps"] == 4 and meta["has_latents"] and 0 < meta["mask_fraction"] < 1
-    assert meta["key_fingerprint"] == load_key(keyfile).fingerprint and len(meta["nonce"]) == 32
+    assert meta["scheme"] == "exact" and meta["steps"] == 4 and meta["version"] == 2 and meta["state_shape"]
+    face = meta["faces"][0]
+    assert face["check"] == load_key(keyfile).check_value(bytes.fromhex(face["nonce"])) and "key_fingerprint" not in meta
     assert main(["inspect", str(tmp_path / "f.png")]) == 2
     assert "no faceveil metadata" in capsys.readouterr().err
 
@@ -101,9 +102,11 @@ def test_wrong_key_refused_force_gives_other_face_and_stripped_needs_meta(tmp_pa
     assert main(["recover", str(anon), "-o", str(tmp_path / "r1"), "--key", str(wrong), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "wrong key" in err and str(anon / "f.png") in err
-    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force", "--device", "cpu"]) == 0
-    forced = load_image(tmp_path / "r2" / "f.png")
-    assert np.abs(forced[mask128].astype(int) - face128[mask128]).mean() > 10
+    # --force needs --backbone, and cannot open a record sealed under another key.
+    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force", "--device", "cpu"]) == 2
+    assert "--force needs --backbone" in capsys.readouterr().err
+    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force", *FAST[:4]]) == 1
+    assert "cannot bypass encryption" in capsys.readouterr().err and not (tmp_path / "r2" / "f.png").exists()
 
     # Strip the metadata: recovery refuses without --meta/--mask, then works approximately with them.
     stripped = tmp_path / "s"
@@ -199,7 +202,7 @@ def test_forged_fingerprint_does_not_bypass_authentication(tmp_path, face128, ke
     path = tmp_path / "a" / "f.png"
     raw, hdr = path.read_bytes(), read_chunks(path)[HEADER_CHUNK]
     doc = json.loads(hdr)
-    doc["steps"], doc["key_fingerprint"] = 5, "0" * 32
+    doc["steps"], doc["backbone"] = 5, "sd2-inpaint:evil/repo\n\x1b[32mrecovered f.png (key verified)"
     body = json.dumps(doc).encode()
     chunk = struct.pack(">I", len(body)) + HEADER_CHUNK + body + struct.pack(">I", zlib.crc32(HEADER_CHUNK + body) & 0xFFFFFFFF)
     start = raw.index(struct.pack(">I", len(hdr)) + HEADER_CHUNK)
@@ -207,10 +210,15 @@ def test_forged_fingerprint_does_not_bypass_authentication(tmp_path, face128, ke
     forged.mkdir()
     (forged / "f.png").write_bytes(raw[:start] + chunk + raw[start + 12 + len(hdr):])
     capsys.readouterr()
-    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--device", "cpu"]) == 1
-    assert "wrong key" in capsys.readouterr().err
-    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--device", "cpu", "--force"]) == 0
-    assert "does not authenticate" in capsys.readouterr().err
+    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--device", "cpu"]) == 3
+    assert "authentication failed" in capsys.readouterr().err
+    assert main(["verify", str(forged), "--key", str(keyfile)]) == 3
+    # --force never takes the model from the file: it needs --backbone, and says what it bypassed.
+    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--device", "cpu", "--force"]) == 2
+    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--force", *FAST[:4]]) == 0
+    err = capsys.readouterr().err
+    assert "--force bypassed: faceveil metadata was modified" in err and "\x1b" not in err
+    assert (tmp_path / "r" / "f.png").stat().st_mode & 0o777 == 0o600  # a recovered original is private
 
 
 def test_keygen_salt_rederives_the_same_key(tmp_path, monkeypatch, capsys):
@@ -226,4 +234,4 @@ def test_demo_round_trips_a_bundled_photo(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--steps", "4"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["background_identical"] and summary["psnr_recovered_vs_original_db"] == "inf"
-    assert summary["psnr_wrong_key_vs_original_db"] < 25
+    assert summary["psnr_wrong_key_vs_original_db"] < 25 and summary["wrong_key_refused"]

@@ -71,7 +71,7 @@ def test_metadata_never_reaches_the_output_and_orientation_is_applied(tmp_path, 
     for name in ("face.png", "wall.png"):
         path = out / name
         raw = path.read_bytes()
-        assert set(png_chunk_types(path)) <= {b"IHDR", b"IDAT", b"IEND", b"fvPh", b"fvPD"}
+        assert set(png_chunk_types(path)) <= {b"IHDR", b"IDAT", b"IEND", b"fvHd", b"fvDt"}
         for secret in (thumbnail[:64], b"SECRET-COMMENT", b"SECRET-XMP", b"SECRET-ICC", b"Exif"):
             assert secret not in raw
         with Image.open(path) as im:
@@ -101,7 +101,7 @@ def _bad_inputs(folder):
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add(b"fvPh", b"{}")
+    info.add(b"fvHd", b'{"format": "faceveil", "version": 2}')
     Image.fromarray(good[:64, :64]).save(folder / "done.png", pnginfo=info)
 
 
@@ -176,6 +176,7 @@ def test_prepared_folder_anonymizes_with_one_command(tmp_path, keyfile, face128,
     out = tmp_path / "veiled"
     assert main(["anonymize", str(prep), "-o", str(out), "--key", str(keyfile), *FAST]) == 0, capsys.readouterr().err
     from faceveil.fileformat import read_veiled
+    from faceveil.keys import load_key
 
-    v = read_veiled(out / "p000000_f00.png")
+    v = read_veiled(out / "p000000_f00.png", load_key(keyfile))
     assert np.array_equal(v.mask, mask128) and np.array_equal(v.image[~mask128], face128[~mask128])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceveil.errors import FormatError, KeyMismatchError
+from faceveil.errors import KeyMismatchError, TamperedError
 from faceveil.fileformat import HEADER_CHUNK, read_chunks, read_header, read_veiled, write_veiled
 from faceveil.keys import SecretKey
 from faceveil.models.pipeline import Anonymizer, Settings, psnr, to_tensor
@@ -41,8 +41,10 @@ def test_background_is_bit_identical_and_face_changes(face128, mask128, exact_ru
 def test_wrong_key_is_refused_and_forced_gives_another_face(tiny_backbone, face128, mask128, exact_run):
     anonymizer, _, _, path = exact_run
     wrong = SecretKey.generate()
-    stored = read_veiled(path)
-    with pytest.raises(KeyMismatchError, match="fingerprint"):
+    with pytest.raises(KeyMismatchError, match="wrong key"):
+        read_veiled(path, wrong)
+    stored = read_veiled(path, exact_run[1])
+    with pytest.raises(KeyMismatchError, match="check value"):
         anonymizer.recover([stored], wrong)
     rec = anonymizer.recover([stored], wrong, force=True)[0]
     assert (rec.latent.double() - _z0(tiny_backbone, face128)).abs().max() > 1.0
@@ -54,9 +56,14 @@ def test_file_format_roundtrip(mask128, exact_run):
     _, key, veiled, path = exact_run
     header = read_header(path)
     assert header["scheme"] == "exact" and header["steps"] == STEPS and header["transform"] == "shuffle"
-    assert header["nonce"] == veiled.nonce.hex() and header["key_fingerprint"] == key.fingerprint
-    assert header["backbone"] == "tiny" and header["version"] == 1
+    face = header["faces"][0]
+    assert face["nonce"] == veiled.nonce.hex() and face["check"] == key.check_value(veiled.nonce)
+    assert "key_fingerprint" not in header and key.fingerprint not in path.read_bytes().decode("latin-1")
+    assert header["backbone"] == "tiny" and header["version"] == 2 and header["adapter"] is None
     assert key.material.hex() not in path.read_bytes().hex()
+    # Nothing public is a function of the original: the exact state and mask are sealed.
+    counts = np.round(veiled.state.double().numpy() / 2.0**-20).astype("<i4").tobytes()
+    assert counts[:64] not in path.read_bytes()
     back = read_veiled(path, key)
     assert torch.equal(back.state, veiled.state.double())
     assert np.array_equal(back.mask, mask128) and np.array_equal(back.image, veiled.image)
@@ -64,40 +71,29 @@ def test_file_format_roundtrip(mask128, exact_run):
 
 
 def test_modified_metadata_is_detected(exact_run, tmp_path):
-    _, key, veiled, _ = exact_run
-    v = veiled
-    v_steps = type(v.settings)(v.settings.scheme, v.settings.steps + 1, v.settings.transform)
-    tampered = type(v)(**{**v.__dict__, "settings": v_steps})
-    header_path = tmp_path / "good.png"
-    write_veiled(header_path, v, key)
-    # Splice the header of a file with other settings onto the good payload.
-    other = tmp_path / "other.png"
-    write_veiled(other, tampered, SecretKey.generate())
-    good_bytes, other_hdr = header_path.read_bytes(), read_chunks(other)[HEADER_CHUNK]
-    good_hdr = read_chunks(header_path)[HEADER_CHUNK]
     import json
     import struct
     import zlib
 
-    forged = json.loads(other_hdr)
-    forged.update({k: json.loads(good_hdr)[k] for k in ("key_fingerprint", "payload_sha256", "nonce")})
+    _, key, _, path = exact_run
+    good_bytes, good_hdr = path.read_bytes(), read_chunks(path)[HEADER_CHUNK]
+    forged = json.loads(good_hdr)
+    forged["steps"] += 1
     body = json.dumps(forged).encode()
-
-    def chunk(ctype, data):
-        return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF)
-
+    chunk = struct.pack(">I", len(body)) + HEADER_CHUNK + body + struct.pack(">I", zlib.crc32(HEADER_CHUNK + body) & 0xFFFFFFFF)
     start = good_bytes.index(struct.pack(">I", len(good_hdr)) + HEADER_CHUNK)
-    end = start + 12 + len(good_hdr)
-    (tmp_path / "forged.png").write_bytes(good_bytes[:start] + chunk(HEADER_CHUNK, body) + good_bytes[end:])
-    with pytest.raises(FormatError, match="modified"):
+    (tmp_path / "forged.png").write_bytes(good_bytes[:start] + chunk + good_bytes[start + 12 + len(good_hdr) :])
+    with pytest.raises(TamperedError, match="modified"):
         read_veiled(tmp_path / "forged.png", key)
+    forced = read_veiled(tmp_path / "forged.png", key, allow_unverified=True)
+    assert forced.authenticated is False and forced.settings.steps == STEPS + 1
 
 
 @pytest.mark.parametrize("scheme", ["fixed-point", "exact"])
 def test_stripped_file_recovers_from_pixels(tiny_backbone, face128, mask128, monkeypatch, scheme):
     key = SecretKey(bytes(range(32)))
     anonymizer = Anonymizer(tiny_backbone, Settings(scheme, STEPS))
-    veiled = anonymizer.anonymize([face128], [mask128], key, nonces=[bytes(16)])[0]
+    veiled = anonymizer.anonymize([face128], [mask128], key, nonces=[bytes(16)], allow_caller_nonces=True)[0]
     stripped = type(veiled)(**{**veiled.__dict__, "state": None, "sealed_residual": None})
     # The tiny random autoencoder cannot round-trip pixels; stand in a perfect one, so what is
     # measured is the scheme restarting from the clean latent alone.

@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "anonymize",
     "recover",
     "inspect",
+    "verify",
     "roundtrip",
     "demo",
     "prepare",

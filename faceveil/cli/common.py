@@ -83,9 +83,14 @@ class Report:
     ok: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)  # failed authentication: exit status 3
 
     def fail(self, path: str | Path, reason: object) -> None:
+        from faceveil.errors import TamperedError
+
         self.failed.append(str(path))
+        if isinstance(reason, TamperedError):
+            self.tampered.append(str(path))
         msg = str(reason)
         prefix = f"{path}: "
         print(f"faceveil {self.command}: {msg if msg.startswith(prefix) else prefix + msg}", file=sys.stderr, flush=True)
@@ -99,7 +104,13 @@ class Report:
             parts.append(f"skipped {self.skipped}")
         parts.append(f"failed {len(self.failed)}")
         print(f"faceveil {self.command}: {', '.join(parts)} -> {outdir}", file=sys.stderr)
-        return 1 if self.failed else 0
+        return self.status()
+
+    def status(self) -> int:
+        """0 all well; 3 a file failed authentication (edited pixels or metadata); 1 other failures."""
+        from faceveil.errors import TAMPERED_EXIT
+
+        return TAMPERED_EXIT if self.tampered else 1 if self.failed else 0
 
 
 def output_path(src: Path, root: Path | None, outdir: Path, suffix: str = ".png") -> Path:

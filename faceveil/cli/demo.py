@@ -25,6 +25,15 @@ def _db(value: float) -> float | str:
     return round(value, 2) if value != float("inf") else "inf"  # strict JSON has no Infinity
 
 
+def _wrong_key_face(path: Path, key, wrong):  # -> np.ndarray
+    from faceveil.fileformat import read_veiled
+    from faceveil.models.backbones import load_backbone
+    from faceveil.models.pipeline import Anonymizer
+
+    v = read_veiled(path, key)
+    return Anonymizer(load_backbone("tiny", device="cpu"), v.settings).recover([v], wrong, force=True)[0].image
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
@@ -32,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.cli import main
     from faceveil.data.images import elliptical_mask, load_image, save_image
     from faceveil.data.samples import sample_photo_path
-    from faceveil.keys import SecretKey, save_key
+    from faceveil.keys import SecretKey, load_key, save_key
     from faceveil.models.pipeline import psnr
 
     out: Path = args.output
@@ -49,16 +58,19 @@ def run(args: argparse.Namespace) -> int:
     runs = [
         ["anonymize", str(inp), "-o", str(out / "anonymized"), "--key", str(key_path), "--aligned", *steps, *common],
         ["recover", str(out / "anonymized"), "-o", str(out / "recovered"), "--key", str(key_path), *common],
-        ["recover", str(out / "anonymized"), "-o", str(out / "wrong_key"), "--key", str(wrong_path), "--force", *common],
     ]
     for argv in runs:
         rc = main(argv)
         if rc:
             return rc
+    # The wrong key cannot even open the sealed record, so the CLI refuses it ...
+    refused = main(["recover", str(out / "anonymized"), "-o", str(out / "wrong_key"), "--key", str(wrong_path), *common]) == 1
     name = f"{args.photo}.png"
     anon = load_image(out / "anonymized" / name)
     rec = load_image(out / "recovered" / name)
-    bad = load_image(out / "wrong_key" / name)
+    # ... and even with the exact state in hand (the key holder's), it gives another face.
+    bad = _wrong_key_face(out / "anonymized" / name, load_key(key_path), load_key(wrong_path))
+    save_image(out / "wrong_key" / name, bad)
     outside = ~elliptical_mask(256, 256)
     summary = {
         "photo": args.photo,
@@ -66,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         "background_identical": bool((anon[outside] == face[outside]).all()),
         "psnr_anonymized_vs_original_db": _db(psnr(anon, face)),
         "psnr_recovered_vs_original_db": _db(psnr(rec, face)),
+        "wrong_key_refused": refused,
         "psnr_wrong_key_vs_original_db": _db(psnr(bad, face)),
     }
     print(json.dumps(summary, indent=2))

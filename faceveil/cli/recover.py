@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="try even when the key's fingerprint or the metadata's authentication does not match",
+        help="recover even when a file fails authentication (edited metadata, records or pixels); says what it "
+        "bypassed. Needs --backbone. Cannot open records sealed under another key",
     )
     p.add_argument(
         "--meta",
@@ -61,32 +62,32 @@ class Loader:
 
     def load(self, src: Path):  # -> Veiled
         from faceveil.data.images import load_image
-        from faceveil.errors import FaceveilError, FormatError
-        from faceveil.fileformat import header_authentic, read_header, read_veiled, veiled_from_header
+        from faceveil.errors import FormatError, KeyMismatchError, TamperedError
+        from faceveil.fileformat import header_authentic, read_file, read_header, veiled_from_file, veiled_from_header
 
         args, key = self.args, self.key
         if read_header(src) is not None:
-            v = read_veiled(src, key, allow_unverified=True)
-        elif args.meta is None or args.mask is None:
+            vf = read_file(src, key, force=args.force)
+            for what in vf.bypassed:
+                self.report.note(f"{src}: --force bypassed: {what}")
+            if not vf.records:
+                raise KeyMismatchError(f"{src}: the sealed face record does not open under this key (--force cannot bypass encryption)")
+            if len(vf.records) != 1:
+                raise FormatError(f"{src}: a photo with {len(vf.records)} faces; recover it as a photo")
+            return veiled_from_file(vf)
+        if args.meta is None or args.mask is None:
             raise FormatError(f"{src}: no faceveil metadata (stripped or re-encoded?); give --meta and --mask to recover from pixels")
-        else:
-            header = self._meta_for(src)
-            image = load_image(src)
-            v = veiled_from_header(header, image, find_mask(src, args.mask, image.shape[:2]), None)
-            v.authenticated = header_authentic(header, key)
-            self.report.note(f"{src}: no faceveil metadata; re-encoding the pixels with the given mask (approximate recovery)")
-        if v.key_fingerprint != key.fingerprint:
+        header = self._meta_for(src)
+        image = load_image(src)
+        v = veiled_from_header(header, image, find_mask(src, args.mask, image.shape[:2]), None)
+        v.authenticated = header_authentic(header, key)
+        if not v.key_matches(key) and not args.force:
+            raise KeyMismatchError(f"{src}: wrong key: the --meta header was made with another key (use --force to try anyway)")
+        if v.authenticated is False:
             if not args.force:
-                raise FaceveilError(
-                    f"wrong key: {args.key} has fingerprint {key.fingerprint}, the image needs "
-                    f"{v.key_fingerprint} (use --force to try anyway)"
-                )
-        elif v.authenticated is False and not args.force:
-            raise FormatError("faceveil metadata was modified (authentication failed; use --force to try anyway)")
-        if v.authenticated is False and args.force:
-            self.report.note(f"{src}: metadata does not authenticate under this key; trying anyway")
-        if not v.background_intact:
-            self.report.note(f"{src}: pixels outside the mask changed since anonymization; recovery will be degraded")
+                raise TamperedError(f"{src}: the --meta header was modified (authentication failed; use --force to try anyway)")
+            self.report.note(f"{src}: --force bypassed: the --meta header does not authenticate under this key")
+        self.report.note(f"{src}: no faceveil metadata; re-encoding the pixels with the given mask (approximate recovery)")
         return v
 
 
@@ -94,21 +95,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from faceveil.data.images import save_image
-    from faceveil.errors import FaceveilError
+    from faceveil.errors import FaceveilError, InputError, TamperedError
+    from faceveil.fileformat import escape
     from faceveil.keys import load_key
     from faceveil.models.pipeline import Anonymizer
 
     quiet_libraries()
     report = Report("recover")
+    if args.force and not args.backbone:
+        # A file that fails authentication must not choose the model (or a hub repo to contact).
+        report.fail(args.inputs[0] if len(args.inputs) == 1 else "recover", "--force needs --backbone: an unauthenticated file never chooses the model")
+        return 2
     key = load_key(args.key)
     loader = Loader(args, key, report)
-    from faceveil.cli.recover_photos import recover_photo_files
-    from faceveil.pngchunks import has_chunk
-    from faceveil.photofile import HEADER_CHUNK as PHOTO_CHUNK
+    from faceveil.cli.recover_photos import is_photo_file, recover_photo_files
 
     items = []
     pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
-    photo_pairs = [(src, dst) for src, dst in pairs if has_chunk(src, (PHOTO_CHUNK,))]
+    photo_pairs = [(src, dst) for src, dst in pairs if is_photo_file(src)]
     if photo_pairs:
         recover_photo_files(args, key, photo_pairs, report)
     for src, dst in pairs:
@@ -139,17 +143,20 @@ def run(args: argparse.Namespace) -> int:
             spec, dtype = group(batch[0])[:2]
             v0 = batch[0][2]
             try:
+                if v0.adapter_hash and not args.backbone:
+                    raise InputError(f"made with adapter {escape(v0.adapter_name)} (sha256 {escape(v0.adapter_hash)}); "
+                                     "pass --backbone EXPORT_FOLDER")
                 if (spec, dtype) not in backbones:
                     backbones[(spec, dtype)] = load_backbone_for_cli(spec, device, dtype)
                 bb = backbones[(spec, dtype)]
                 recorded = v0.compute.get("dtype")
                 if recorded and recorded != str(dtype).removeprefix("torch."):
-                    report.note(f"{batch[0][0]}: anonymized with {recorded}, recovering with {dtype}; expect it to be inexact")
+                    report.note(f"{batch[0][0]}: anonymized with {escape(recorded)}, recovering with {dtype}; expect it to be inexact")
                 if v0.compute.get("device", device.type) != device.type:
-                    report.note(f"{batch[0][0]}: anonymized on {v0.compute['device']}, recovering on {device.type}; "
+                    report.note(f"{batch[0][0]}: anonymized on {escape(v0.compute['device'])}, recovering on {device.type}; "
                                 "expect last-bit differences")
                 if v0.adapter_hash != bb.adapter_hash:
-                    report.note(f"{batch[0][0]}: made with adapter {v0.adapter_hash}, recovering with {bb.adapter_hash}")
+                    report.note(f"{batch[0][0]}: made with adapter {escape(v0.adapter_hash)}, recovering with {bb.adapter_hash}")
                 rec = Anonymizer(bb, v0.settings).recover([it[2] for it in batch], key, force=True)
             except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
                 for src, _, _ in batch:
@@ -158,7 +165,11 @@ def run(args: argparse.Namespace) -> int:
                 continue
             for (src, dst, _), r in zip(batch, rec):
                 try:
-                    save_image(dst, r.image)
+                    if r.residual_opened is False:
+                        if not args.force:
+                            raise TamperedError(f"{src}: the sealed pixel residual does not open under this key (altered?)")
+                        report.note(f"{src}: --force bypassed: the sealed pixel residual does not open; pixels are approximate")
+                    save_image(dst, r.image, mode=0o600)  # a recovered original is as private as the key
                     report.ok += 1
                 except (FaceveilError, OSError) as exc:
                     report.fail(src, exc)

@@ -1,0 +1,49 @@
+"""The anonymized PNG, format version 2: public pixels, an authenticated header, sealed face records.
+
+A file is a container of 1..n face records (an aligned crop has one; a photo one per
+face) plus an optional sealed photo-level record. Two private ancillary chunks, so
+viewers show the image and ignore them:
+
+- ``fvHd``: UTF-8 JSON, the public header, authenticated by an HMAC-SHA256 tag (``mac``)
+  under the key over its canonical form. It holds only what is not tied to the original:
+  ``format``/``version``, ``backbone`` (an id, never a local path), ``adapter``
+  (``{"name", "sha256"}`` or null), ``scheme``/``steps``/``transform``, ``compute``
+  (dtype, device type), ``image_size`` [H, W], ``crop_size`` [h, w], ``state_shape`` and
+  ``state_encoding`` (``lattice`` or ``float32``, or null when no state is kept),
+  ``pixels_sha256`` (all output pixels, so an edited face or background is detected),
+  ``faces``: a list of ``{"nonce", "check", "sealed_bytes"}`` (``check`` is
+  ``SecretKey.check_value(nonce)``, a per-file value: files under one key share nothing),
+  ``photo``: ``{"nonce", "sealed_bytes"}`` or null, and ``payload_sha256``.
+- ``fvDt``: the sealed records back to back, faces in header order, then the photo record.
+  Each is ChaCha20-Poly1305 under ``key.subkey(purpose, nonce)`` (see :mod:`faceveil.fileformat.sealing`)
+  of safetensors with, per face: ``mask`` (crop mask, uint8), ``state`` (the exact clean-end
+  latents: int32/int64 lattice counts or float32), ``residual_sealed`` (the autoencoder
+  residual) and ``affine`` (2x3 float64, photo -> crop; absent for aligned crops). The
+  photo record holds whatever arrays the photo pipeline stores (e.g. its pixel residual).
+
+Reading an untrusted file (:func:`read_file`): a strict chunk scan that never decodes
+pixels (IHDR checked against the header and a pixel limit), the header's MAC, then the
+payload hash, then each record's AEAD tag, a capped inflate, dtypes and shapes checked
+before arrays are built, and only then the pixels, whose hash must match. Any failure is
+one :class:`FormatError` line naming the file; an authentication failure is a
+:class:`TamperedError` unless ``force``, which lists what it bypassed instead.
+
+API: :func:`write_file` / :func:`read_file` / :func:`verify_file` for records;
+:func:`write_veiled` / :func:`read_veiled` for one aligned crop (a :class:`Veiled`);
+:func:`read_header` for the public header alone. Version 1 files are still read.
+"""
+
+from faceveil.fileformat.png import MAX_PIXELS
+from faceveil.fileformat.read import read_chunks, read_file, read_header, verify_file
+from faceveil.fileformat.records import (
+    DATA_CHUNK, FORMAT, HEADER_CHUNK, VERSION, FaceRecord, FileInfo, VeiledFile, canonical, escape, header_authentic,
+    pixels_sha256,
+)  # fmt: skip
+from faceveil.fileformat.veiled import read_veiled, veiled_from_file, veiled_from_header
+from faceveil.fileformat.write import write_file, write_veiled
+
+__all__ = [
+    "DATA_CHUNK", "FORMAT", "HEADER_CHUNK", "MAX_PIXELS", "VERSION", "FaceRecord", "FileInfo", "VeiledFile", "canonical",
+    "escape", "header_authentic", "pixels_sha256", "read_chunks", "read_file", "read_header", "read_veiled",
+    "veiled_from_file", "veiled_from_header", "verify_file", "write_file", "write_veiled",
+]  # fmt: skip

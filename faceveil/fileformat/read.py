@@ -1,0 +1,224 @@
+"""Reading an untrusted file: cheap checks first, authentication before anything costly."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from faceveil.data.images import to_rgb_array
+from faceveil.errors import FormatError, KeyMismatchError, TamperedError
+from faceveil.fileformat.png import MAX_PIXELS, read_png_layout
+from faceveil.fileformat.records import (
+    CHUNKS, DATA_CHUNK, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAX_FACES, MAX_HEADER_BYTES, PHOTO_PURPOSE, VERSION,
+    FaceRecord, FileInfo, VeiledFile, escape, file_info, header_authentic, pixels_sha256,
+)  # fmt: skip
+from faceveil.fileformat.sealing import at_most, exactly, open_arrays
+from faceveil.fileformat.v1 import read_v1
+from faceveil.keys import NONCE_BYTES, SecretKey
+from faceveil.models.inversion import LATTICE
+
+def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise FormatError(f"{path}: faceveil header is larger than {MAX_HEADER_BYTES} bytes")
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise FormatError(f"{path}: faceveil header is not valid JSON") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise FormatError(f"{path}: not a faceveil header")
+    if header.get("version") not in (1, VERSION):
+        raise FormatError(f"{path}: faceveil format version {escape(header.get('version'))} is not supported (this is {VERSION})")
+    return header
+
+
+def read_chunks(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
+    """The faceveil chunks of a PNG (empty when it has none or is not a PNG), strictly parsed."""
+    layout = read_png_layout(path, CHUNKS)
+    return {} if layout is None else dict(layout.chunks)
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The public JSON header (version 1 or 2), or None when the file carries no faceveil metadata."""
+    layout = read_png_layout(path, CHUNKS)
+    if layout is None or HEADER_CHUNK not in layout.chunks:
+        return None
+    return _parse_header(Path(path), layout.chunks[HEADER_CHUNK])
+
+
+def _decode_pixels(path: Path, h: int, w: int) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            if img.size != (w, h):
+                raise FormatError(f"{path}: image is {img.size[0]}x{img.size[1]}, the header says {w}x{h}")
+            img.load()
+            return to_rgb_array(img, str(path))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise FormatError(f"{path}: pixels cannot be decoded ({exc.__class__.__name__})") from None
+
+
+def _int_list(header: dict[str, Any], name: str, n: int, low: int, high: int) -> list[int]:
+    value = header.get(name)
+    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, int) and low <= v <= high for v in value):
+        raise ValueError(f"{name} must be {n} integers in [{low}, {high}]")
+    return value
+
+
+def _validate(header: dict[str, Any], width: int, height: int, payload_len: int) -> tuple[FileInfo, list[dict[str, Any]]]:
+    """Check every field the reader relies on, before anything costly is decoded."""
+    info = file_info(header)
+    h, w = _int_list(header, "image_size", 2, 1, MAX_PIXELS)
+    if (h, w) != (height, width):
+        raise ValueError(f"it describes a {w}x{h} image but the PNG is {width}x{height}")
+    ch, cw = _int_list(header, "crop_size", 2, 1, 1 << 14)
+    if ch * cw > MAX_PIXELS:
+        raise ValueError("crop_size is too large")
+    if header.get("state_shape") is not None:
+        shape = _int_list(header, "state_shape", 4, 1, 1 << 14)
+        if shape[0] > 2 or np.prod(shape, dtype=np.int64) > 2 * ch * cw or header.get("state_encoding") not in ("lattice", "float32"):
+            raise ValueError(f"state_shape {shape} or state_encoding does not fit a {cw}x{ch} crop")
+    faces = header.get("faces")
+    if not isinstance(faces, list) or not 1 <= len(faces) <= MAX_FACES:
+        raise ValueError(f"faces must list 1 to {MAX_FACES} records")
+    parts = list(faces) + ([header["photo"]] if header.get("photo") else [])
+    total = 0
+    for f in parts:
+        if not isinstance(f, dict) or not isinstance(f.get("sealed_bytes"), int) or f["sealed_bytes"] < 16:
+            raise ValueError("a record lacks its sealed length")
+        if len(bytes.fromhex(str(f.get("nonce", "")))) != NONCE_BYTES:
+            raise ValueError("a record's nonce is not 16 bytes")
+        total += f["sealed_bytes"]
+    if total != payload_len:
+        raise ValueError(f"records add up to {total} bytes, the payload has {payload_len}")
+    return info, parts
+
+
+def _face_spec(header: dict[str, Any]):
+    ch, cw = header["crop_size"]
+    spec = {
+        "mask": exactly(("U8",), (ch, cw)),
+        "residual_sealed": at_most(("U8",), 6 * ch * cw + 16, ndim=1),
+        "affine": exactly(("F64",), (2, 3)),
+    }
+    if header.get("state_shape") is not None:
+        dtypes = ("I32", "I64") if header["state_encoding"] == "lattice" else ("F32",)
+        spec["state"] = exactly(dtypes, tuple(header["state_shape"]))
+    cap = 8 * ch * cw + 8 * int(np.prod(header.get("state_shape") or [0])) + (1 << 16)
+    return spec, cap
+
+
+def _open_records(vf: VeiledFile, parts: list[dict[str, Any]], payload: bytes, key: SecretKey) -> list[str]:
+    """Open every sealed record into ``vf``; return what did not open."""
+    header, failed, pos = vf.header, [], 0
+    spec, cap = _face_spec(header)
+    h, w = header["image_size"]
+    photo_spec = {"*": at_most(("U8", "I16", "I32", "F32", "F64"), 4 * h * w)}
+    for i, part in enumerate(parts):
+        blob, pos = payload[pos : pos + part["sealed_bytes"]], pos + part["sealed_bytes"]
+        nonce = bytes.fromhex(part["nonce"])
+        if i < len(header["faces"]):
+            arrays = open_arrays(blob, key, FACE_PURPOSE, nonce, cap, spec)
+            if arrays is None:
+                failed.append(f"face {i}")
+                continue
+            state = None
+            if "state" in arrays:
+                t = torch.from_numpy(arrays["state"].copy())
+                state = t.double() * LATTICE if header["state_encoding"] == "lattice" else t.float()
+            residual = arrays["residual_sealed"].tobytes() if "residual_sealed" in arrays else None
+            vf.records.append(FaceRecord(nonce, arrays["mask"].astype(bool), state, residual, arrays.get("affine"), part["check"]))
+        else:
+            arrays = open_arrays(blob, key, PHOTO_PURPOSE, nonce, 24 * h * w + (1 << 16), _AnyName(photo_spec["*"]))
+            if arrays is None:
+                failed.append("the photo record")
+            vf.photo_extra = arrays
+    return failed
+
+
+class _AnyName(dict):
+    """A spec that applies one check to every tensor name."""
+
+    def __init__(self, check) -> None:
+        super().__init__()
+        self._check = check
+
+    def get(self, name, default=None):  # noqa: ARG002
+        return self._check
+
+
+def _check_matches(header: dict[str, Any], key: SecretKey) -> bool:
+    """Whether the first face's check value is ``key``'s (tells a wrong key from an edited file)."""
+    try:
+        face = header["faces"][0]
+        nonce = bytes.fromhex(face["nonce"])
+        return len(nonce) == NONCE_BYTES and hmac.compare_digest(str(face["check"]), key.check_value(nonce))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return True  # malformed: let validation say what is wrong
+
+
+def _refuse(vf: VeiledFile, force: bool, exc: FormatError) -> None:
+    if not force:
+        raise exc
+    vf.bypassed.append(str(exc).removeprefix(f"{vf.path}: "))
+
+
+def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force: bool = False, pixels: bool = True) -> VeiledFile:
+    """Read and authenticate an anonymized file (see the module docstring for the order of checks).
+
+    Without ``key`` only the public header and the pixels are read. With it, a wrong key
+    raises :class:`KeyMismatchError`, a failed MAC, payload hash, record tag or pixel hash
+    :class:`TamperedError`; ``force`` lets the last four through and lists them in
+    ``bypassed`` (records that do not open are left out: force cannot break encryption).
+    """
+    path = Path(path)
+    layout = read_png_layout(path, CHUNKS)
+    if layout is None or HEADER_CHUNK not in layout.chunks or DATA_CHUNK not in layout.chunks:
+        raise FormatError(f"{path}: no faceveil metadata (stripped or re-encoded?)")
+    header = _parse_header(path, layout.chunks[HEADER_CHUNK])
+    payload = layout.chunks[DATA_CHUNK]
+    if header["version"] == 1:
+        if header.get("image_size") != [layout.height, layout.width]:
+            raise FormatError(f"{path}: the header describes a {escape(header.get('image_size'))} image, the PNG is {layout.height}x{layout.width}")
+        v = read_v1(path, header, payload, lambda h, w: _decode_pixels(path, h, w), key, force)
+        if key is not None and not v.background_intact and not force:
+            raise TamperedError(f"{path}: pixels outside the mask were edited since anonymization")
+        rec = FaceRecord(v.nonce, v.mask, v.state, v.sealed_residual)
+        return VeiledFile(path, header, FileInfo.of(v), v.image, [rec] if key is not None else [],
+                          authenticated=v.authenticated, pixels_intact=v.background_intact)
+    authentic = None if key is None else header_authentic(header, key)
+    if key is not None and not force and not _check_matches(header, key):
+        raise KeyMismatchError(f"{path}: wrong key: this file was anonymized with another key")
+    vf = VeiledFile(path, header, None, None, [], authenticated=authentic)  # type: ignore[arg-type]
+    if authentic is False:
+        _refuse(vf, force, TamperedError(f"{path}: faceveil metadata was modified (authentication failed)"))
+    try:
+        vf.info, parts = _validate(header, layout.width, layout.height, len(payload))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        _refuse(vf, force, TamperedError(f"{path}: sealed records do not match the header's hash"))
+    if key is not None:
+        try:
+            failed = _open_records(vf, parts, payload, key)
+        except FormatError as exc:
+            raise FormatError(f"{path}: {exc}") from None
+        if failed:
+            _refuse(vf, force, TamperedError(f"{path}: {', '.join(failed)} did not open under this key (altered)"))
+    if pixels:
+        vf.image = _decode_pixels(path, layout.height, layout.width)
+        vf.pixels_intact = pixels_sha256(vf.image) == header.get("pixels_sha256")
+        if not vf.pixels_intact and key is not None:
+            _refuse(vf, force, TamperedError(f"{path}: pixels were edited since anonymization (face or background)"))
+    return vf
+
+
+def verify_file(path: str | os.PathLike[str], key: SecretKey) -> VeiledFile:
+    """Authenticate a file completely under ``key`` (header, records, pixels) without recovering it."""
+    return read_file(path, key, force=False)

@@ -1,0 +1,117 @@
+"""Sealed records: named arrays encrypted with ChaCha20-Poly1305 under a per-record subkey.
+
+A record is safetensors bytes, zlib-compressed, zero-padded to a power of two
+(so its length says little about what is inside), then sealed under
+``key.subkey(purpose, nonce)`` (HKDF-SHA256). Opening checks the tag first, then
+inflates with a hard cap, then validates every tensor's dtype and shape against
+an expected spec before any array is built.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from faceveil.errors import FormatError
+from faceveil.keys import SecretKey
+
+_MIN_BUCKET = 4096
+_AEAD_NONCE = bytes(12)  # the subkey is unique per (purpose, nonce), so a constant AEAD nonce is safe
+_DTYPES = {"U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F32": np.float32, "F64": np.float64}
+
+# name -> check(dtype, shape) -> error text or None
+Spec = Mapping[str, Callable[[str, tuple[int, ...]], "str | None"]]
+
+
+def _bucket(n: int) -> int:
+    return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+def seal_arrays(arrays: Mapping[str, np.ndarray], key: SecretKey, purpose: str, nonce: bytes) -> bytes:
+    """Encrypt named arrays; the result's length is a power of two plus the 16-byte tag."""
+    packed = zlib.compress(st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}), 9)
+    padded = packed + bytes(_bucket(len(packed)) - len(packed))
+    return ChaCha20Poly1305(key.subkey(purpose, nonce)).encrypt(_AEAD_NONCE, padded, purpose.encode())
+
+
+def _tensor_table(raw: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """dtype and shape of each tensor, read from the safetensors header without building arrays."""
+    if len(raw) < 8:
+        raise ValueError("record too short")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > len(raw) - 8:
+        raise ValueError("record header runs past its end")
+    table = json.loads(raw[8 : 8 + n])
+    if not isinstance(table, dict):
+        raise ValueError("record header is not an object")
+    out = {}
+    for name, info in table.items():
+        if name == "__metadata__":
+            continue
+        shape = tuple(int(d) for d in info["shape"])
+        out[name] = (str(info["dtype"]), shape)
+    return out
+
+
+def open_arrays(sealed: bytes, key: SecretKey, purpose: str, nonce: bytes, max_raw: int, spec: Spec) -> dict[str, np.ndarray] | None:
+    """The arrays of a sealed record, or None when it does not open under ``key`` (wrong key, altered).
+
+    Raises :class:`FormatError` when it opens but is malformed: larger than ``max_raw``
+    once inflated, or holding a tensor that ``spec`` does not allow.
+    """
+    try:
+        padded = ChaCha20Poly1305(key.subkey(purpose, nonce)).decrypt(_AEAD_NONCE, sealed, purpose.encode())
+    except InvalidTag:
+        return None
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(padded, max_raw + 1)
+        if len(raw) > max_raw or not inflater.eof:
+            raise ValueError(f"inflates past its limit of {max_raw} bytes")
+        if inflater.unused_data.strip(b"\0"):
+            raise ValueError("data after the record")
+        table = _tensor_table(raw)
+        for name, (dtype, shape) in table.items():
+            check = spec.get(name)
+            if check is None:
+                raise ValueError(f"unexpected tensor {name!r}")
+            if dtype not in _DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {dtype}")
+            problem = check(dtype, shape)
+            if problem:
+                raise ValueError(f"tensor {name!r}: {problem}")
+        return st_load(raw)
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
+        raise FormatError(f"sealed record is malformed ({exc})") from None
+
+
+def exactly(dtypes: tuple[str, ...], shape: tuple[int, ...]) -> Callable[[str, tuple[int, ...]], str | None]:
+    """A spec entry: one of ``dtypes`` and exactly ``shape``."""
+
+    def check(dtype: str, got: tuple[int, ...]) -> str | None:
+        if dtype not in dtypes:
+            return f"dtype {dtype}, expected {'/'.join(dtypes)}"
+        return None if got == tuple(shape) else f"shape {list(got)}, expected {list(shape)}"
+
+    return check
+
+
+def at_most(dtypes: tuple[str, ...], elements: int, ndim: int | None = None) -> Callable[[str, tuple[int, ...]], str | None]:
+    """A spec entry: one of ``dtypes``, at most ``elements`` entries (and ``ndim`` dimensions if given)."""
+
+    def check(dtype: str, got: tuple[int, ...]) -> str | None:
+        if dtype not in dtypes:
+            return f"dtype {dtype}, expected {'/'.join(dtypes)}"
+        if ndim is not None and len(got) != ndim:
+            return f"{len(got)} dimensions, expected {ndim}"
+        return None if int(np.prod(got, dtype=np.int64)) <= elements and min(got, default=0) >= 0 else f"shape {list(got)} is too large"
+
+    return check
