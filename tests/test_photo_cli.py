@@ -180,3 +180,14 @@ def test_prepared_folder_anonymizes_with_one_command(tmp_path, keyfile, face128,
 
     v = read_veiled(out / "p000000_f00.png", load_key(keyfile))
     assert np.array_equal(v.mask, mask128) and np.array_equal(v.image[~mask128], face128[~mask128])
+
+
+def test_masks_beside_their_photos_are_not_inputs(tmp_path, keyfile, face128, mask128, capsys):
+    src = tmp_path / "crops"
+    src.mkdir()
+    save_image(src / "a.png", face128)
+    save_image(src / "a_mask.png", np.where(mask128, 255, 0).astype(np.uint8))
+    out = tmp_path / "o"
+    assert main(["anonymize", str(src), "-o", str(out), "--key", str(keyfile), "--mask", str(src), *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    assert "anonymized 1, failed 0" in capsys.readouterr().err
