@@ -21,7 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from faceveil.data.images import to_rgb_array
 from faceveil.errors import InputError
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000
+# The file format's reading limit (faceveil.fileformat.png.MAX_PIXELS, read the same way here
+# so that the CLI's help does not import torch): a bigger photo could not be recovered.
+DEFAULT_MAX_PIXELS = int(os.environ.get("FACEVEIL_MAX_PIXELS", str(64 * 2**20)))
 
 
 def png_bit_depth(path: Path) -> int | None:

@@ -191,3 +191,10 @@ def test_masks_beside_their_photos_are_not_inputs(tmp_path, keyfile, face128, ma
     assert main(["anonymize", str(src), "-o", str(out), "--key", str(keyfile), "--mask", str(src), *FAST]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.png"]
     assert "anonymized 1, failed 0" in capsys.readouterr().err
+
+
+def test_photo_limit_is_what_a_file_can_hold():
+    from faceveil.data.photo_io import DEFAULT_MAX_PIXELS
+    from faceveil.fileformat.png import MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS == MAX_PIXELS

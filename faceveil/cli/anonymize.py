@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--detect-size", type=positive_int, default=DEFAULT_DETECT_SIDE, metavar="PX",
                    help=f"detect on a copy at most this many pixels wide (default {DEFAULT_DETECT_SIDE})")
     g.add_argument("--keep-faceless", action="store_true", help="write photos without a face unchanged (as PNG without metadata)")
-    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger photos (default 100 MP)")
+    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger photos (default {DEFAULT_MAX_PIXELS}: what a file can hold; $FACEVEIL_MAX_PIXELS)")
     a = p.add_argument_group("aligned crops")
     a.add_argument("--aligned", action="store_true", help="inputs are aligned face crops (sides multiples of the backbone's)")
     a.add_argument(
