@@ -65,7 +65,8 @@ def load_photo(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
                 if w * h > max_pixels:
                     raise InputError(f"{path}: photo is {w}x{h} ({w * h / 1e6:.1f} MP), over the limit of {max_pixels / 1e6:g} MP (--max-pixels)")
                 img.load()
-                return to_rgb_array(ImageOps.exif_transpose(img), str(path))
+                ImageOps.exif_transpose(img, in_place=True)  # no copy of a big photo when it is upright
+                return to_rgb_array(img, str(path))
     except InputError:
         raise
     except Image.DecompressionBombError:
