@@ -37,3 +37,10 @@ def iter_prepared(folder: str | os.PathLike[str]) -> Iterator[DecodedSample]:
             raise InputError(f"{shard}: unreadable shard ({exc.__class__.__name__})") from None
         for sample in groups.values():
             yield decode_sample(sample)
+
+
+def prepared_count(folder: str | os.PathLike[str]) -> int:
+    """Samples in a prepared folder, from its index."""
+    from faceveil.data.shards import read_index
+
+    return sum(int(s.get("samples", 0)) for s in read_index(folder).get("shards", []))

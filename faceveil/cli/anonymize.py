@@ -9,6 +9,7 @@ are already aligned face crops, as the diffusion backbone sees them.
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+ITEMS_IN_FLIGHT = 64  # aligned crops held in memory at once
+
+
 @dataclass
 class Item:
     src: Path | str
@@ -75,11 +79,11 @@ class Item:
     mask: np.ndarray
 
 
-def _prepared_items(args: argparse.Namespace, report: Report) -> list[Item]:
+def _prepared_items(args: argparse.Namespace, report: Report):
+    """Items of the prepared folders, one shard in memory at a time."""
     from faceveil.data.prepared import iter_prepared
     from faceveil.errors import FaceveilError
 
-    items = []
     for folder in args.inputs:
         try:
             for s in iter_prepared(folder):
@@ -88,10 +92,21 @@ def _prepared_items(args: argparse.Namespace, report: Report) -> list[Item]:
                     report.note(f"{dst}: exists, skipped (use --overwrite)")
                     report.skipped += 1
                     continue
-                items.append(Item(f"{folder}:{s.key}", dst, s.image, s.mask))
+                yield Item(f"{folder}:{s.key}", dst, s.image, s.mask)
         except FaceveilError as exc:
             report.fail(folder, exc)
-    return items
+
+
+def _file_items(args: argparse.Namespace, report: Report, pairs):
+    from faceveil.data.photo_io import load_photo
+    from faceveil.errors import FaceveilError
+
+    for src, dst in pairs:
+        try:
+            image = load_photo(src, args.max_pixels, args.allow_anonymized)
+            yield Item(src, dst, image, find_mask(src, args.mask, image.shape[:2]))
+        except FaceveilError as exc:
+            report.fail(src, exc)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
-    from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError, InputError
     from faceveil.fileformat import write_veiled
     from faceveil.keys import load_key
@@ -124,24 +138,23 @@ def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
         report.fail(args.mask, "no such mask file or folder")
         return 2
     if from_prepare:
-        items = _prepared_items(args, report)
+        from faceveil.data.prepared import prepared_count
+
+        items, total = _prepared_items(args, report), sum(prepared_count(f) for f in args.inputs)
     else:
-        items = []
-        for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report, skip=mask_file_of(args)):
+        pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, skip=mask_file_of(args)))
+        items, total = _file_items(args, report, pairs), len(pairs)
+    anonymizer, bar = None, None
+    while chunk := list(itertools.islice(items, ITEMS_IN_FLIGHT)):  # bounded memory, however many inputs
+        if anonymizer is None:
+            device = resolve_device(args.device)
+            backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
             try:
-                image = load_photo(src, args.max_pixels, args.allow_anonymized)
-                items.append(Item(src, dst, image, find_mask(src, args.mask, image.shape[:2])))
-            except FaceveilError as exc:
-                report.fail(src, exc)
-    if items:
-        device = resolve_device(args.device)
-        backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
-        try:
-            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        bar = progress(len(items), "anonymize")
-        for batch in batches_by(items, lambda it: it.image.shape, args.batch_size):
+                anonymizer = Anonymizer(backbone, resolve_settings(args, backbone))
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            bar = progress(total, "anonymize")
+        for batch in batches_by(chunk, lambda it: it.image.shape, args.batch_size):
             try:
                 veiled = anonymizer.anonymize([it.image for it in batch], [it.mask for it in batch], key)
             except (FaceveilError, ValueError, RuntimeError) as exc:
@@ -156,6 +169,7 @@ def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
                 except (FaceveilError, OSError) as exc:
                     report.fail(it.src, exc)
                 bar.update(1)
+    if bar is not None:
         bar.close()
     return report.finish("anonymized", args.output)
 
