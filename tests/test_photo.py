@@ -79,6 +79,7 @@ def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, ca
     keyfile = save_key(key, tmp_path / "me.key")
     assert main(["recover", str(path), "-o", str(tmp_path / "rec"), "--key", str(keyfile), "--device", "cpu"]) == 0
     assert np.array_equal(load_image(tmp_path / "rec" / "t1.png"), original)
+    assert (tmp_path / "rec" / "t1.png").stat().st_mode & 0o777 == 0o600
     assert main(["inspect", str(path)]) == 0
     header = json.loads(capsys.readouterr().out)
     assert len(header["faces"]) == 6 and header["photo"] is not None and "affine" not in json.dumps(header)
@@ -98,6 +99,7 @@ def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, ca
         read_photo(tmp_path / "e.png", key)
     vp = read_photo(tmp_path / "e.png", key, force=True)
     assert any("pixels" in b for b in vp.meta["bypassed"])
+    assert main(["recover", str(tmp_path / "e.png"), "-o", str(tmp_path / "rec2"), "--key", str(keyfile), "--device", "cpu"]) == 3
 
 
 def test_overlapping_faces_and_a_face_cut_by_the_border(tiny_backbone, photo_tools, one_thread):

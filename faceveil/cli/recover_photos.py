@@ -48,7 +48,7 @@ def recover_photo_files(args: argparse.Namespace, key, pairs: list[tuple[Path, P
                 backbones[(spec, dtype)] = load_backbone_for_cli(spec, device, dtype)
             photos = PhotoAnonymizer(Anonymizer(backbones[(spec, dtype)], v0.settings), args.batch_size)
             [image] = photos.recover([vp], key, force=args.force)
-            save_image(dst, image)
+            save_image(dst, image, mode=0o600)  # a recovered original is as private as the key
             report.ok += 1
         except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
             report.fail(src, exc)
