@@ -70,7 +70,7 @@ class ModelConfig:
     adapter: str | None = None  # export folder with trained adapters ("ours-adapters")
     scheme: str = "exact"
     steps: int = 10
-    transform: str = "shuffle"
+    transform: str = "rotation"
     residual: bool = True  # seal the autoencoder residual (pixel-exact recovery from intact files)
 
 
@@ -131,6 +131,9 @@ class SecurityConfig:
     enabled: bool = True
     images: int = 6  # targets (first faces); the rest of the probes is the averaging attack's public reference
     opened_fraction: float = 0.9  # an attack "opens" images when it restores at least this fraction of their key stream
+    linking: bool = True  # linking / keyless-estimation attacks (faceveil.evaluate.linking) on targets + reference
+    linking_backgrounds: int = 1  # trials, each with another face as the shared background
+    linking_reconstruct: int = 0  # gradient steps of the latent reconstruction attack (0: skip)
 
 
 @dataclass

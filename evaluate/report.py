@@ -212,6 +212,10 @@ def security_tables(m: dict[str, Any]) -> str:
             "(original, anonymized) pair and learns its keyed permutation exactly by sorting magnitudes, then applies it to the other images.\n\n"
             + table(["Nonces", "Distinct nonces", "Nonce scanner", "Key stream restored", "Latent err vs key holder", "Opens images?"], rows)
         )
+    if s.get("linking"):
+        from faceveil.evaluate.linking_report import linking_markdown
+
+        parts.append(linking_markdown(s["linking"]))
     ks = [(k, v["key_search"]) for k, v in s["settings"].items() if "key_search" in v]
     if ks:
         rows = [[k, f"{v['seeds_per_second']:.0f}", fmt(v["hours_for_2^32_one_core"], 1), str(v["true_seed_rank"]), fmt(v["true_seed_agreement"]),

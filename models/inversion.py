@@ -33,7 +33,7 @@ EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 LatentFn = Callable[[torch.Tensor], torch.Tensor]
 
-LATTICE = 2.0**-20
+from faceveil.models.settings import LATTICE  # noqa: E402 (re-exported)
 
 
 def ddim_move(x: torch.Tensor, eps: torch.Tensor, schedule: Schedule, src: int, dst: int) -> torch.Tensor:

@@ -1,14 +1,22 @@
-"""Key injection: keyed bijections of the starting noise inside the face mask.
+"""Key injection: keyed bijections of the starting noise (where the pipeline's key region says).
 
 Every transform here maps i.i.d. N(0, 1) entries to i.i.d. N(0, 1) entries, so a
-keyed latent is still a plausible starting noise, and is exact in floating point
-(it only permutes entries and flips signs), so ``inverse(forward(z)) == z`` bit
-for bit and lattice-valued latents stay on their lattice.
+keyed latent is still a plausible starting noise, and ``inverse(forward(z)) == z``
+bit for bit on the exact scheme's lattice (multiples of 2**-20 in float64).
 
-- ``signflip``: z' = s * z with Rademacher s, the published method's transform.
-  Leaks |z| and, given one (original, anonymized) pair, the signs.
-- ``shuffle``: a keyed permutation of the masked entries followed by sign flips;
-  |z| is no longer aligned with the original positions.
+- ``rotation`` (default): many rounds of keyed Givens rotations over keyed pairings of
+  the entries, each written as three integer-rounded lifting shears on the lattice
+  counts, then keyed signs. Bijective on the lattice, norm-preserving to lattice
+  precision, and it mixes magnitudes: only the total norm survives, not |z| or its
+  multiset. Off the lattice (the float32 DDIM schemes) it is exact to float rounding.
+  Runs with torch on z's device; the key stream stays device-independent bytes, and
+  the shear coefficients are dyadic or computed with IEEE +,*,/ on the CPU, so every
+  device rounds the same.
+- ``shuffle``: a keyed permutation followed by sign flips; keeps the multiset of
+  magnitudes, a fingerprint of the original noise.
+- ``signflip``: z' = s * z with Rademacher s, the published method's transform, kept
+  only to reproduce it. **Insecure**: keeps |z| in place, so a keyless prior
+  (|z'| x sign(prior mean)) restores most signs, and one known pair reveals the signs.
 
 Per image, the key stream is ``keystream(key, nonce, "<transform>/<part>")``, so two
 images never share a stream even under one key.
@@ -23,6 +31,7 @@ import numpy as np
 import torch
 
 from faceveil.keys import SecretKey, keystream
+from faceveil.models.settings import LATTICE
 from faceveil.models.settings import TRANSFORMS as TRANSFORM_NAMES
 
 
@@ -69,7 +78,54 @@ class Shuffle:
         return out
 
 
-TRANSFORMS: dict[str, type[KeyTransform]] = {"signflip": SignFlip, "shuffle": Shuffle}
+class Rotation:
+    """Keyed Givens rotations as integer lifting shears (see the module docstring)."""
+
+    name = "rotation"
+    rounds = 16
+
+    def _plan(self, key: SecretKey, nonce: bytes, n: int, device: torch.device):
+        half = n // 2
+        stream = np.frombuffer(keystream(key, nonce, "rotation/v1", self.rounds * (4 * n + 4 * half) + (n + 7) // 8), dtype=np.uint8)
+        pos, plan = 0, []
+        for _ in range(self.rounds):
+            draws = stream[pos : pos + 4 * n].view("<u4").astype(np.int64)
+            pos += 4 * n
+            # t = tan(theta / 2), dyadic in (-1, 1); s = sin(theta) = 2t / (1 + t^2) with correctly rounded ops.
+            t = (stream[pos : pos + 4 * half].view("<u4").astype(np.float64) + 0.5) / 2.0**31 - 1.0
+            pos += 4 * half
+            s = 2.0 * t / (1.0 + t * t)
+            perm = torch.argsort(torch.from_numpy(draws).to(device), stable=True)
+            plan.append((perm[0 : 2 * half : 2], perm[1 : 2 * half : 2], torch.from_numpy(-t).to(device), torch.from_numpy(s).to(device)))
+        bits = np.unpackbits(stream[pos:])[:n]
+        signs = torch.from_numpy(1.0 - 2.0 * bits.astype(np.float64)).to(device)
+        return plan, signs
+
+    def apply(self, values: torch.Tensor, key: SecretKey, nonce: bytes, inverse: bool = False) -> torch.Tensor:
+        """Rotate a 1-D tensor of entries (any device); returns float64."""
+        c = values.detach().to(torch.float64) / LATTICE  # lattice counts: integers for the exact scheme
+        plan, signs = self._plan(key, nonce, c.numel(), c.device)
+        if inverse:
+            c = c * signs
+        for i_a, i_b, p, s in reversed(plan) if inverse else plan:
+            a, b = c[i_a], c[i_b]
+            sign = -1.0 if inverse else 1.0
+            a = a + sign * torch.round(p * b)
+            b = b + sign * torch.round(s * a)
+            a = a + sign * torch.round(p * b)
+            c = c.index_put((i_a,), a).index_put((i_b,), b)
+        if not inverse:
+            c = c * signs
+        return c * LATTICE
+
+    def forward(self, values: np.ndarray, key: SecretKey, nonce: bytes) -> np.ndarray:
+        return self.apply(torch.from_numpy(np.asarray(values, dtype=np.float64)), key, nonce).numpy()
+
+    def inverse(self, values: np.ndarray, key: SecretKey, nonce: bytes) -> np.ndarray:
+        return self.apply(torch.from_numpy(np.asarray(values, dtype=np.float64)), key, nonce, inverse=True).numpy()
+
+
+TRANSFORMS: dict[str, type[KeyTransform]] = {"rotation": Rotation, "shuffle": Shuffle, "signflip": SignFlip}
 assert tuple(sorted(TRANSFORMS)) == tuple(sorted(TRANSFORM_NAMES))
 
 
@@ -98,9 +154,13 @@ def apply_key(
     sel = mask.to(torch.bool).expand_as(z)
     out = z.clone(memory_format=torch.contiguous_format)
     fn = transform.inverse if inverse else transform.forward
+    on_device = getattr(transform, "apply", None)
     for i, nonce in enumerate(nonces):
         idx = sel[i].flatten().nonzero().squeeze(1)
-        values = z[i].flatten()[idx].detach().cpu().double().numpy()
-        new = torch.from_numpy(np.ascontiguousarray(fn(values, key, nonce))).to(device=z.device, dtype=z.dtype)
+        if on_device is not None:
+            new = on_device(z[i].flatten()[idx], key, nonce, inverse).to(z.dtype)
+        else:
+            values = z[i].flatten()[idx].detach().cpu().double().numpy()
+            new = torch.from_numpy(np.ascontiguousarray(fn(values, key, nonce))).to(device=z.device, dtype=z.dtype)
         out[i].view(-1)[idx] = new
     return out

@@ -100,6 +100,9 @@ class Anonymizer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.progress = progress
+        # "mask" keys only the face region, as the published method does: measurements only
+        # (it leaves the outside noise the original's own, a public fingerprint).
+        self.key_region = "whole"
         self.transform = get_transform(self.settings.transform)
         self.scheme: Scheme = make_scheme(
             self.settings.scheme, Schedule.from_scheduler(backbone.scheduler, self.settings.steps), progress=progress
@@ -162,7 +165,14 @@ class Anonymizer:
 
         The one place that decides where and how the key acts; anonymize, recover and the
         training objective all key through it, so they run the same trajectory.
+
+        The key acts on the whole starting noise, not only inside the face mask: the inverted
+        noise outside the mask depends on the face through the UNet, so leaving it unkeyed
+        would publish a fingerprint of the original. (The outside pixels are pasted back, and an
+        inpainting UNet is conditioned on them.)
         """
+        if self.key_region == "whole":
+            mask_lat = torch.ones_like(mask_lat, dtype=torch.bool)
         if isinstance(keys, SecretKey):
             return lambda z: apply_key(z, mask_lat, self.transform, keys, nonces, inverse)
         keys = list(keys)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The exact scheme's fixed-point lattice: latents are multiples of this, held in float64.
+LATTICE = 2.0**-20
+
 SCHEMES: tuple[str, ...] = ("ddim", "fixed-point", "exact")
-TRANSFORMS: tuple[str, ...] = ("signflip", "shuffle")
+# signflip reproduces the published method and is insecure (see faceveil.models.key_transforms).
+TRANSFORMS: tuple[str, ...] = ("rotation", "shuffle", "signflip")
 
 
 @dataclass
@@ -14,7 +18,7 @@ class Settings:
 
     scheme: str = "exact"
     steps: int = 50
-    transform: str = "shuffle"
+    transform: str = "rotation"
     residual: bool = True  # seal the autoencoder's residual in the file, for pixel-exact recovery
 
     def __post_init__(self) -> None:

@@ -55,7 +55,7 @@ def test_wrong_key_is_refused_and_forced_gives_another_face(tiny_backbone, face1
 def test_file_format_roundtrip(mask128, exact_run):
     _, key, veiled, path = exact_run
     header = read_header(path)
-    assert header["scheme"] == "exact" and header["steps"] == STEPS and header["transform"] == "shuffle"
+    assert header["scheme"] == "exact" and header["steps"] == STEPS and header["transform"] == "rotation"
     face = header["faces"][0]
     assert face["nonce"] == veiled.nonce.hex() and face["check"] == key.check_value(veiled.nonce)
     assert "key_fingerprint" not in header and key.fingerprint not in path.read_bytes().decode("latin-1")
@@ -148,3 +148,34 @@ def test_bad_sizes_are_refused(tiny_backbone, face128, mask128):
         a.anonymize([face128[:120]], [mask128[:120]], SecretKey.generate())
     with pytest.raises(InputError, match="mask is"):
         a.anonymize([face128], [mask128[:64]], SecretKey.generate())
+
+
+def test_key_acts_on_the_whole_starting_noise(tiny_backbone):
+    from faceveil.keys import new_nonce
+
+    an = Anonymizer(tiny_backbone, Settings("exact", STEPS))
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[..., 2:6, 2:6] = True
+    z = torch.round(torch.randn(1, 4, 8, 8, dtype=torch.float64) * 2**20) / 2**20
+    key, nonce = SecretKey.generate(), [new_nonce()]
+    keyed = an.key_fn(mask, key, nonce)(z)
+    # Outside the face mask too: the inverted noise there is a function of the face.
+    assert (keyed != z)[~mask.expand_as(z)].float().mean() > 0.9
+    assert torch.equal(an.key_fn(mask, key, nonce, inverse=True)(keyed), z)
+
+
+def test_caller_nonces_need_consent_and_never_repeat(tiny_backbone, face128, mask128):
+    an = Anonymizer(tiny_backbone, Settings("exact", 2))
+    key = SecretKey.generate()
+    with pytest.raises(ValueError, match="allow_caller_nonces"):
+        an.anonymize([face128], [mask128], key, nonces=[bytes(16)])
+    with pytest.raises(ValueError, match="twice"):
+        an.anonymize([face128, face128], [mask128, mask128], key, nonces=[bytes(16)] * 2, allow_caller_nonces=True)
+
+
+def test_a_residual_that_does_not_open_is_reported(exact_run):
+    anonymizer, key, veiled, path = exact_run
+    good = read_veiled(path, key)
+    assert anonymizer.recover([good], key)[0].residual_opened is True
+    bad = type(good)(**{**good.__dict__, "sealed_residual": bytes([good.sealed_residual[0] ^ 1]) + good.sealed_residual[1:]})
+    assert anonymizer.recover([bad], key)[0].residual_opened is False

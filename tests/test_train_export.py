@@ -65,7 +65,7 @@ def test_export_folder_contents(run, exported):
     names = {p.name for p in exported.iterdir()}
     assert {"faceveil.json", LORA_WEIGHTS, "prompt_embeds.safetensors", "config.yaml", "README.md"} <= names
     manifest = json.loads((exported / "faceveil.json").read_text())  # strict JSON
-    assert manifest["settings"] == {"scheme": "exact", "steps": 6, "transform": "shuffle"}
+    assert manifest["settings"] == {"scheme": "exact", "steps": 6, "transform": "rotation"}
     assert manifest["base"]["spec"] == "tiny"
     assert manifest["lora"]["sha256"] == file_sha256(exported / LORA_WEIGHTS)
     assert manifest["lora"]["rank"] == 8 and "conv1" in manifest["lora"]["target_modules"]
@@ -142,7 +142,9 @@ def test_cli_export_anonymize_recover_and_push(run, faces, tmp_path):
     assert main(["keygen", "-o", str(key)]) == 0
     assert main(["anonymize", str(src), "-o", str(tmp_path / "veiled"), "--key", str(key), "--mask", str(mdir),
                  "--backbone", str(out), "--steps", "6", "--batch-size", "2"]) == 0
-    assert main(["recover", str(tmp_path / "veiled"), "-o", str(tmp_path / "rec"), "--key", str(key)]) == 0
+    # The file names the adapter by name and hash, never by its local path: recovery is told where it is.
+    assert main(["recover", str(tmp_path / "veiled"), "-o", str(tmp_path / "rec"), "--key", str(key)]) == 1
+    assert main(["recover", str(tmp_path / "veiled"), "-o", str(tmp_path / "rec"), "--key", str(key), "--backbone", str(out)]) == 0
     for i in range(len(images)):
         veiled = np.array(Image.open(tmp_path / "veiled" / f"f{i}.png").convert("RGB"))
         rec = np.array(Image.open(tmp_path / "rec" / f"f{i}.png").convert("RGB"))

@@ -73,7 +73,7 @@ class AnonymizeSection:
 
     scheme: str = "exact"
     steps: int = 50
-    transform: str = "shuffle"
+    transform: str = "rotation"
 
 
 @dataclass

@@ -28,10 +28,15 @@ def add_model_args(p: argparse.ArgumentParser, backbone_default: str | None = DE
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
     from faceveil.models.settings import SCHEMES, TRANSFORMS
 
-    g = p.add_argument_group("inversion (defaults: an export's recorded settings, else exact / 50 / shuffle)")
+    g = p.add_argument_group("inversion (defaults: an export's recorded settings, else exact / 50 / rotation)")
     g.add_argument("--scheme", choices=SCHEMES, help="inversion scheme")
     g.add_argument("--steps", type=positive_int, help="DDIM steps (exact needs >= 2)")
-    g.add_argument("--transform", choices=tuple(TRANSFORMS), help="key transform")
+    g.add_argument(
+        "--transform",
+        choices=tuple(TRANSFORMS),
+        help="key transform: rotation (keyed Givens rotations; hides magnitudes), shuffle (keyed permutation and "
+        "signs; keeps the multiset of magnitudes), signflip (the published method's: INSECURE, only to reproduce it)",
+    )
 
 
 def resolve_settings(args: argparse.Namespace, backbone):  # -> Settings

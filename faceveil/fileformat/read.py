@@ -114,6 +114,11 @@ def _face_spec(header: dict[str, Any]):
     return spec, cap
 
 
+def _by_size(blob: bytes) -> int:
+    """Inflate cap from a record's own size: far above what zlib gives our arrays, far below a bomb's."""
+    return 1024 * len(blob) + (1 << 20)
+
+
 def _open_records(vf: VeiledFile, parts: list[dict[str, Any]], payload: bytes, key: SecretKey) -> list[str]:
     """Open every sealed record into ``vf``; return what did not open."""
     header, failed, pos = vf.header, [], 0
@@ -124,7 +129,7 @@ def _open_records(vf: VeiledFile, parts: list[dict[str, Any]], payload: bytes, k
         blob, pos = payload[pos : pos + part["sealed_bytes"]], pos + part["sealed_bytes"]
         nonce = bytes.fromhex(part["nonce"])
         if i < len(header["faces"]):
-            arrays = open_arrays(blob, key, FACE_PURPOSE, nonce, cap, spec)
+            arrays = open_arrays(blob, key, FACE_PURPOSE, nonce, min(cap, _by_size(blob)), spec)
             if arrays is None:
                 failed.append(f"face {i}")
                 continue
@@ -135,7 +140,7 @@ def _open_records(vf: VeiledFile, parts: list[dict[str, Any]], payload: bytes, k
             residual = arrays["residual_sealed"].tobytes() if "residual_sealed" in arrays else None
             vf.records.append(FaceRecord(nonce, arrays["mask"].astype(bool), state, residual, arrays.get("affine"), part["check"]))
         else:
-            arrays = open_arrays(blob, key, PHOTO_PURPOSE, nonce, 24 * h * w + (1 << 16), _AnyName(photo_spec["*"]))
+            arrays = open_arrays(blob, key, PHOTO_PURPOSE, nonce, min(24 * h * w + (1 << 16), _by_size(blob)), _AnyName(photo_spec["*"]))
             if arrays is None:
                 failed.append("the photo record")
             vf.photo_extra = arrays

@@ -29,6 +29,10 @@ VERSION = 1
 INSPECT_FIELDS = frozenset({"mask_fraction", "has_latents"})
 
 
+def _escape(value: object) -> str:
+    return str(value).encode("unicode_escape").decode("ascii")[:200]
+
+
 def canonical(header: dict[str, Any]) -> bytes:
     body = {k: v for k, v in header.items() if k != "mac" and k not in INSPECT_FIELDS}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -96,9 +100,9 @@ def read_v1(path: Path, header: dict[str, Any], payload: bytes, image_loader, ke
         state = decode_state(arrays["state"], header["state_encoding"]) if "state" in arrays else None
         v = veiled_from_v1_header(header, image, mask, state)
     except KeyError as exc:
-        raise FormatError(f"{path}: faceveil header lacks the field {exc.args[0]!r}") from None
+        raise FormatError(f"{path}: faceveil header lacks the field {_escape(exc.args[0])}") from None
     except (TypeError, ValueError, FormatError) as exc:
-        raise FormatError(f"{path}: faceveil header is invalid: {exc}") from None
+        raise FormatError(f"{path}: faceveil header is invalid: {_escape(exc)}") from None
     if "residual_sealed" in arrays:
         v.sealed_residual = arrays["residual_sealed"].tobytes()
     v.authenticated = authentic
