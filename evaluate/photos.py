@@ -73,7 +73,9 @@ class PhotoEval:
         bb = load_backbone(backbone)
         self.photos = PhotoAnonymizer(Anonymizer(bb, Settings(steps=steps)))
         self.finder = PhotoFinder(native_size(bb), detector)
-        self.reference = make_detector(DetectorSpec(reference))
+        from faceveil.evaluate.detectors import CANDIDATES
+
+        self.reference = make_detector(CANDIDATES.get(reference, DetectorSpec(reference)))
 
     def one(self, p: EvalPhoto, tmp: Path) -> dict:
         from faceveil.keys import SecretKey
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="tiny", help="backbone spec (default tiny: offline, random weights)")
     p.add_argument("--steps", type=int, default=4, help="DDIM steps (default 4)")
     p.add_argument("--detector", default="centerface", help="the pipeline's detector (default centerface)")
-    p.add_argument("--reference", default="dlib-cnn", help="the strong reference detector (default dlib-cnn; insightface when its weights are present)")
+    p.add_argument("--reference", default="dlib-cnn", help="the strong reference detector: a name from faceveil.evaluate.detectors, e.g. dlib-cnn-up1 "
+                   "(default dlib-cnn; insightface when its weights are present)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     p.add_argument("--json", help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
