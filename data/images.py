@@ -56,11 +56,19 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
     path = Path(path)
     try:
         with Image.open(path) as img:
+            colour = img.mode not in ("1", "L", "P", "LA") and len(img.getbands()) >= 3
+            rgb = np.asarray(img.convert("RGB")) if colour else None
             arr = np.asarray(img.convert("L"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such mask file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable mask image ({exc.__class__.__name__})") from None
+    # A mask is one channel of (nearly) black and white; a photo given by mistake must not
+    # become a mask that leaves the eyes and mouth visible.
+    if rgb is not None and (np.abs(rgb.astype(np.int16) - rgb[..., :1]).max(axis=-1) > 8).mean() > 0.01:
+        raise InputError(f"{path}: a mask must be one channel (white = face); this is a colour image")
+    if ((arr > 32) & (arr < 223)).mean() > 0.05:
+        raise InputError(f"{path}: not a mask: more than 5% of its pixels are grey levels (is it a photo?)")
     if size is not None and arr.shape != tuple(size):
         raise InputError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but the image is {size[1]}x{size[0]}")
     return arr >= 128

@@ -13,6 +13,7 @@ from faceveil.data.images import load_image, save_image
 from faceveil.keys import load_key
 
 FAST = ["--backbone", "tiny", "--device", "cpu", "--steps", "4"]
+AFAST = ["--aligned", *FAST]  # these tests anonymize aligned crops
 
 
 @pytest.fixture()
@@ -58,7 +59,7 @@ def test_anonymize_recover_folder_with_bad_inputs(tmp_path, face128, keyfile, ca
     _write_inputs(src, face128)
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     anon = tmp_path / "anon"
-    rc = main(["anonymize", str(src), "-o", str(anon), "--key", str(keyfile), "--batch-size", "2", *FAST])
+    rc = main(["anonymize", str(src), "-o", str(anon), "--key", str(keyfile), "--batch-size", "2", *AFAST])
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.splitlines() if ln.startswith("faceveil anonymize: ") and ": " in ln[20:]]
@@ -80,7 +81,7 @@ def test_anonymize_recover_folder_with_bad_inputs(tmp_path, face128, keyfile, ca
 
 def test_inspect_prints_public_metadata(tmp_path, face128, keyfile, capsys):
     save_image(tmp_path / "f.png", face128)
-    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "a"), "--key", str(keyfile), *FAST]) == 0
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "a"), "--key", str(keyfile), *AFAST]) == 0
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "a" / "f.png")]) == 0
     meta = json.loads(capsys.readouterr().out)
@@ -94,7 +95,7 @@ def test_inspect_prints_public_metadata(tmp_path, face128, keyfile, capsys):
 def test_wrong_key_refused_force_gives_other_face_and_stripped_needs_meta(tmp_path, face128, mask128, keyfile, capsys):
     save_image(tmp_path / "f.png", face128)
     anon = tmp_path / "a"
-    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(anon), "--key", str(keyfile), *FAST]) == 0
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(anon), "--key", str(keyfile), *AFAST]) == 0
     wrong = tmp_path / "wrong.key"
     main(["keygen", "-o", str(wrong)])
     capsys.readouterr()
@@ -127,13 +128,13 @@ def test_wrong_key_refused_force_gives_other_face_and_stripped_needs_meta(tmp_pa
 def test_never_overwrites_input_and_skips_existing(tmp_path, face128, keyfile, capsys):
     save_image(tmp_path / "f.png", face128)
     before = (tmp_path / "f.png").read_bytes()
-    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path), "--key", str(keyfile), *FAST]) == 1
-    assert "would overwrite an input" in capsys.readouterr().err
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path), "--key", str(keyfile), *AFAST]) == 2
+    assert "is the folder of the input" in capsys.readouterr().err
     assert (tmp_path / "f.png").read_bytes() == before
     out = tmp_path / "o"
-    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(out), "--key", str(keyfile), *FAST]) == 0
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(out), "--key", str(keyfile), *AFAST]) == 0
     first = (out / "f.png").read_bytes()
-    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(out), "--key", str(keyfile), *FAST]) == 0
+    assert main(["anonymize", str(tmp_path / "f.png"), "-o", str(out), "--key", str(keyfile), *AFAST]) == 0
     assert "exists, skipped" in capsys.readouterr().err and (out / "f.png").read_bytes() == first
 
 
@@ -145,12 +146,12 @@ def test_missing_mask_in_mask_folder_and_bad_key_file(tmp_path, face128, keyfile
     masks = tmp_path / "masks"
     masks.mkdir()
     save_image(masks / "a_mask.png", np.full((128, 128), 255, np.uint8))
-    rc = main(["anonymize", str(src), "-o", str(tmp_path / "o"), "--key", str(keyfile), "--mask", str(masks), *FAST])
+    rc = main(["anonymize", str(src), "-o", str(tmp_path / "o"), "--key", str(keyfile), "--mask", str(masks), *AFAST])
     err = capsys.readouterr().err
     assert rc == 1 and f"{src / 'b.png'}: no mask named b.png" in err and (tmp_path / "o" / "a.png").is_file()
     bad = tmp_path / "bad.key"
     bad.write_text("garbage")
-    assert main(["anonymize", str(src), "-o", str(tmp_path / "o2"), "--key", str(bad), *FAST]) == 2
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "o2"), "--key", str(bad), *AFAST]) == 2
     assert f"{bad}: not a faceveil key file" in capsys.readouterr().err
 
 
@@ -169,11 +170,12 @@ def test_output_collisions_are_refused(tmp_path, face128, keyfile, capsys):
     save_image(src / "a.png", face128)
     save_image(src / "a.jpg", face128)  # same stem: would share a.png in the output
     save_image(src / "x" / "b.png", face128)
-    # -o is the input folder itself: x/b.png would overwrite an input.
-    rc = main(["anonymize", str(src), "-o", str(src), "--key", str(keyfile), "--overwrite", *FAST])
-    err = capsys.readouterr().err
-    assert rc == 1 and "would overwrite an input" in err
-    rc = main(["anonymize", str(src), "-o", str(tmp_path / "o"), "--key", str(keyfile), *FAST])
+    # -o is the input folder itself, or inside it: refused before any work.
+    for out in (src, src / "x" / "out"):
+        rc = main(["anonymize", str(src), "-o", str(out), "--key", str(keyfile), "--overwrite", *AFAST])
+        err = capsys.readouterr().err
+        assert rc == 2 and "is the input folder" in err and not (src / "x" / "out").exists()
+    rc = main(["anonymize", str(src), "-o", str(tmp_path / "o"), "--key", str(keyfile), *AFAST])
     err = capsys.readouterr().err
     assert rc == 1 and "is also the output of" in err
     assert sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*.png")) == ["a.png", "x/b.png"]
@@ -185,7 +187,7 @@ def test_invalid_steps_fail_in_one_line(tmp_path, face128, keyfile, capsys):
         main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "o"), "--key", str(keyfile), "--steps", "0"])
     capsys.readouterr()
     rc = main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "o"), "--key", str(keyfile),
-               "--backbone", "tiny", "--device", "cpu", "--steps", "1"])
+               "--aligned", "--backbone", "tiny", "--device", "cpu", "--steps", "1"])
     assert rc == 2 and "at least 2 steps" in capsys.readouterr().err
 
 
@@ -196,7 +198,7 @@ def test_forged_fingerprint_does_not_bypass_authentication(tmp_path, face128, ke
     from faceveil.fileformat import HEADER_CHUNK, read_chunks
 
     save_image(tmp_path / "f.png", face128)
-    main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "a"), "--key", str(keyfile), *FAST])
+    main(["anonymize", str(tmp_path / "f.png"), "-o", str(tmp_path / "a"), "--key", str(keyfile), *AFAST])
     path = tmp_path / "a" / "f.png"
     raw, hdr = path.read_bytes(), read_chunks(path)[HEADER_CHUNK]
     doc = json.loads(hdr)

@@ -1,8 +1,15 @@
-"""faceveil anonymize INPUT... -o OUTDIR --key KEYFILE [--mask MASK_OR_DIR] ..."""
+"""faceveil anonymize PHOTO... -o OUTDIR --key KEYFILE [photo options | --aligned [--mask MASK_OR_DIR]]
+
+Ordinary photos by default: every face is detected, aligned, anonymized and
+blended back (:mod:`faceveil.cli.anonymize_photos`). ``--aligned`` (implied by
+``--mask``, and by a folder written by ``faceveil prepare``) takes inputs that
+are already aligned face crops, as the diffusion backbone sees them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +20,11 @@ from faceveil.cli.common import (
     add_model_args,
     add_scheme_args,
     batches_by,
+    check_output_folder,
     find_mask,
     load_backbone_for_cli,
     planned_outputs,
+    positive_int,
     progress,
     quiet_libraries,
     resolve_device,
@@ -25,33 +34,100 @@ from faceveil.cli.common import (
     Writer,
 )
 
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("anonymize", help="replace faces with keyed synthetic faces; writes self-describing PNGs")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    from faceveil.data.backends import DETECTORS
+    from faceveil.data.photo_detect import DEFAULT_DETECT_SIDE, PHOTO_FACE_POLICIES
+    from faceveil.data.photo_io import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser("anonymize", help="replace every face of photos with keyed synthetic faces; writes self-describing PNGs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, folders of photos, or a folder written by 'faceveil prepare'")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder (not the input folder, nor inside it)")
     p.add_argument("--key", required=True, type=Path, help="key file from 'faceveil keygen'")
-    p.add_argument(
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never overwritten)")
+    p.add_argument("--allow-anonymized", action="store_true", help="anonymize faceveil outputs again (refused by default)")
+    g = p.add_argument_group("photos (default mode)")
+    g.add_argument("--faces", choices=PHOTO_FACE_POLICIES, default="all", help="replace all faces (default) or only the largest")
+    g.add_argument("--min-face", type=float, default=20.0, metavar="PX",
+                   help="smallest face side to replace; with --faces all a photo holding a smaller face is refused, "
+                   "never written with that face visible (default 20)")
+    g.add_argument("--detector", choices=[d for d in DETECTORS if d != "precomputed"], default="centerface",
+                   help="face detector (default centerface: offline, best measured recall)")
+    g.add_argument("--detect-size", type=positive_int, default=DEFAULT_DETECT_SIDE, metavar="PX",
+                   help=f"detect on a copy at most this many pixels wide (default {DEFAULT_DETECT_SIDE})")
+    g.add_argument("--keep-faceless", action="store_true", help="write photos without a face unchanged (as PNG without metadata)")
+    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger photos (default {DEFAULT_MAX_PIXELS}: what a file can hold; $FACEVEIL_MAX_PIXELS)")
+    a = p.add_argument_group("aligned crops")
+    a.add_argument("--aligned", action="store_true", help="inputs are aligned face crops (sides multiples of the backbone's)")
+    a.add_argument(
         "--mask",
         type=Path,
-        help="face mask image (white = face) or a folder of masks named like the inputs "
-        "(NAME.png, NAME_mask.png); default: an ellipse for aligned crops",
+        help="implies --aligned: a one-channel face mask (white = face) or a folder of masks named NAME_mask.png "
+        "or NAME.mask.png; default: an ellipse",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never overwritten)")
     add_scheme_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
 
 
+ITEMS_IN_FLIGHT = 64  # aligned crops held in memory at once
+
+
 @dataclass
 class Item:
-    src: Path
+    src: Path | str
     dst: Path
     image: np.ndarray
     mask: np.ndarray
 
 
+def _prepared_items(args: argparse.Namespace, report: Report):
+    """Items of the prepared folders, one shard in memory at a time."""
+    from faceveil.data.prepared import iter_prepared
+    from faceveil.errors import FaceveilError
+
+    for folder in args.inputs:
+        try:
+            for s in iter_prepared(folder):
+                dst = args.output / f"{s.key}.png"
+                if dst.exists() and not args.overwrite:
+                    report.note(f"{dst}: exists, skipped (use --overwrite)")
+                    report.skipped += 1
+                    continue
+                yield Item(f"{folder}:{s.key}", dst, s.image, s.mask)
+        except FaceveilError as exc:
+            report.fail(folder, exc)
+
+
+def _file_items(args: argparse.Namespace, report: Report, pairs):
+    from faceveil.data.photo_io import load_photo
+    from faceveil.errors import FaceveilError
+
+    for src, dst in pairs:
+        try:
+            image = load_photo(src, args.max_pixels, args.allow_anonymized)
+            yield Item(src, dst, image, find_mask(src, args.mask, image.shape[:2]))
+        except FaceveilError as exc:
+            report.fail(src, exc)
+
+
 def run(args: argparse.Namespace) -> int:
-    from faceveil.data.images import load_image
+    from faceveil.data.prepared import is_prepared_folder
+
+    check_output_folder(args.inputs, args.output)
+    prepared = [is_prepared_folder(i) for i in args.inputs]
+    if any(prepared) and not all(prepared):
+        from faceveil.errors import InputError
+
+        raise InputError("give either folders written by 'faceveil prepare' or photos, not both in one run")
+    if not (args.aligned or args.mask is not None or all(prepared)):
+        from faceveil.cli.anonymize_photos import run_photos
+
+        return run_photos(args)
+    return run_aligned(args, from_prepare=all(prepared))
+
+
+def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
     from faceveil.errors import FaceveilError, InputError
     from faceveil.fileformat import write_veiled
     from faceveil.keys import load_key
@@ -63,24 +139,26 @@ def run(args: argparse.Namespace) -> int:
     if args.mask is not None and not args.mask.exists():
         report.fail(args.mask, "no such mask file or folder")
         return 2
-    items: list[Item] = []
-    for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
-        try:
-            image = load_image(src)
-            items.append(Item(src, dst, image, find_mask(src, args.mask, image.shape[:2])))
-        except FaceveilError as exc:
-            report.fail(src, exc)
-    if items:
-        device = resolve_device(args.device)
-        backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
-        bar = progress(len(items), "anonymize")
-        try:
-            anonymizer = Anonymizer(backbone, resolve_settings(args, backbone), on_progress=bar.update,
-                                    compile_unet=args.compile)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        writer = Writer(report)
-        for batch in batches_by(items, lambda it: it.image.shape, args.batch_size):
+    if from_prepare:
+        from faceveil.data.prepared import prepared_count
+
+        items, total = _prepared_items(args, report), sum(prepared_count(f) for f in args.inputs)
+    else:
+        pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, skip=mask_file_of(args)))
+        items, total = _file_items(args, report, pairs), len(pairs)
+    anonymizer, bar = None, None
+    writer = Writer(report)
+    while chunk := list(itertools.islice(items, ITEMS_IN_FLIGHT)):  # bounded memory, however many inputs
+        if anonymizer is None:
+            device = resolve_device(args.device)
+            backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+            bar = progress(total, "anonymize")
+            try:
+                anonymizer = Anonymizer(backbone, resolve_settings(args, backbone), on_progress=bar.update,
+                                        compile_unet=args.compile)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        for batch in batches_by(chunk, lambda it: it.image.shape, args.batch_size):
             start = bar.n
             try:
                 veiled = anonymizer.anonymize([it.image for it in batch], [it.mask for it in batch], key)
@@ -91,6 +169,14 @@ def run(args: argparse.Namespace) -> int:
             for it, v in zip(batch, veiled):
                 writer.submit(it.src, write_veiled, it.dst, v, key)  # overlaps the next batch
             settle(bar, start, len(batch))
-        writer.close()
+    writer.close()
+    if bar is not None:
         bar.close()
     return report.finish("anonymized", args.output)
+
+
+def mask_file_of(args: argparse.Namespace):
+    """Inputs that are masks (NAME_mask.png / NAME.mask.png beside NAME.png): not photos to anonymize."""
+    from faceveil.cli.common import is_mask_name
+
+    return is_mask_name if args.mask is not None and args.mask.is_dir() else None

@@ -179,10 +179,34 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path | None]]:
     return out
 
 
-def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Report):
+def check_output_folder(inputs: list[str], outdir: Path) -> None:
+    """Refuse, before any work, an output folder that is an input folder or inside one, or
+    the folder of an input file: the outputs would become inputs of the next run."""
+    from faceveil.errors import InputError
+
+    out = Path(outdir).resolve()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            folder = p.resolve()
+            if out == folder or folder in out.parents:
+                raise InputError(f"output folder {outdir} is the input folder {item} or inside it; choose another -o")
+        elif p.parent.resolve() == out:
+            raise InputError(f"output folder {outdir} is the folder of the input {item}; choose another -o")
+
+
+def is_mask_name(path: Path) -> bool:
+    """NAME_mask.* or NAME.mask.*: a mask beside its photo."""
+    return path.stem.endswith(("_mask", ".mask"))
+
+
+def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Report, skip=None):
     """Yield (input, output) pairs. Refuse an output that is any input or that two inputs
-    would share; skip outputs that exist unless ``overwrite``."""
-    pairs = expand_inputs(inputs)
+    would share; skip outputs that exist unless ``overwrite``, and inputs for which
+    ``skip(path)`` is true. No input at all is a failure."""
+    pairs = [(src, root) for src, root in expand_inputs(inputs) if skip is None or not skip(src)]
+    if not pairs:
+        report.fail(" ".join(inputs), "no input images")
     input_paths = {src.resolve() for src, _ in pairs}
     taken: dict[Path, Path] = {}
     for src, root in pairs:
@@ -207,21 +231,70 @@ def positive_int(text: str) -> int:
     return value
 
 
+def hub_source(spec: str) -> str | None:
+    """The hub id a backbone spec downloads from, or None (tiny, random, a local folder, an export)."""
+    from faceveil.models.backbones import LAYOUTS
+
+    if Path(spec).is_dir():
+        return None
+    name, _, rest = spec.partition(":")
+    layout = LAYOUTS.get(name)
+    if layout is None or layout.pretrained is None or rest.startswith("random"):
+        return None
+    source = rest or layout.default_source
+    return None if source is None or Path(source).exists() else source
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connection within ``timeout`` (never when HF_HUB_OFFLINE)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_backbone_for_cli(spec: str, device, dtype):  # -> Backbone
-    """load_backbone with load failures (missing files, no network) as one-line errors."""
+    """load_backbone with load failures (missing files, no network) as one-line errors.
+
+    Hub weights are looked up in the local cache first; when they are not there and
+    the hub does not answer within seconds, one line names the offline choices."""
     from faceveil.errors import FaceveilError, InputError
     from faceveil.models.backbones import load_backbone
 
+    def one_line(exc: BaseException) -> str:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+
+    source = hub_source(spec)
     try:
-        return load_backbone(spec, device=device, dtype=dtype)
+        if source is None:
+            return load_backbone(spec, device=device, dtype=dtype)
+        try:
+            return load_backbone(spec, device=device, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            if not hub_reachable():
+                raise InputError(
+                    f"backbone {spec!r}: the weights of {source} are not in the local cache and the hub is unreachable; "
+                    f"offline choices: --backbone tiny (toy weights), --backbone {spec.partition(':')[0]}:/path/to/local/folder, "
+                    "or an export folder from 'faceveil export'"
+                ) from None
+            del exc
+            return load_backbone(spec, device=device, dtype=dtype)
     except FaceveilError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise InputError(f"cannot load backbone {spec!r}: {first}") from None
+        raise InputError(f"cannot load backbone {spec!r}: {one_line(exc)}") from None
 
 
-MASK_SUFFIXES = ("", "_mask", ".mask")
+MASK_SUFFIXES = ("_mask", ".mask", "")
 
 
 def find_mask(src: Path, mask_arg: Path | None, shape: tuple[int, int]):  # -> np.ndarray
@@ -235,7 +308,7 @@ def find_mask(src: Path, mask_arg: Path | None, shape: tuple[int, int]):  # -> n
         for suffix in MASK_SUFFIXES:
             for ext in (".png", ".jpg", ".bmp"):
                 cand = mask_arg / f"{src.stem}{suffix}{ext}"
-                if cand.is_file():
+                if cand.is_file() and cand.resolve() != src.resolve():  # never the photo as its own mask
                     return load_mask(cand, shape)
         raise InputError(f"{src}: no mask named {src.stem}.png or {src.stem}_mask.png in {mask_arg}")
     return load_mask(mask_arg, shape)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     common = ["--backbone", "tiny", "--device", "cpu", "--overwrite"]
     steps = ["--scheme", args.scheme, "--steps", str(args.steps)]
     runs = [
-        ["anonymize", str(inp), "-o", str(out / "anonymized"), "--key", str(key_path), *steps, *common],
+        ["anonymize", str(inp), "-o", str(out / "anonymized"), "--key", str(key_path), "--aligned", *steps, *common],
         ["recover", str(out / "anonymized"), "-o", str(out / "recovered"), "--key", str(key_path), *common],
     ]
     for argv in runs:

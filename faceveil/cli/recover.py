@@ -129,8 +129,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     key = load_key(args.key)
     loader = Loader(args, key, report)
+    from faceveil.cli.recover_photos import is_photo_file, recover_photo_files
+
     items = []
-    for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
+    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
+    photo_pairs = [(src, dst) for src, dst in pairs if is_photo_file(src)]
+    if photo_pairs:
+        recover_photo_files(args, key, photo_pairs, report)
+    for src, dst in pairs:
+        if (src, dst) in photo_pairs:
+            continue
         try:
             items.append((src, dst, loader.load(src)))
         except FaceveilError as exc:

@@ -1,0 +1,106 @@
+"""``faceveil anonymize`` on ordinary photos: detect, plan, anonymize in batches, write.
+
+Photos are read and their faces planned one by one (a bad photo is one line and
+the batch goes on); the crops of all photos then go through the backbone in
+batches of ``--batch-size`` faces, a few photos at a time so that memory stays
+bounded whatever the number of photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from faceveil.cli.common import (
+    Report,
+    load_backbone_for_cli,
+    planned_outputs,
+    progress,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    resolve_settings,
+)
+
+PHOTOS_IN_FLIGHT = 8  # photos whose pixels are held at once
+
+
+@dataclass
+class PhotoItem:
+    src: Path
+    dst: Path
+    image: np.ndarray
+    faces: list  # list[PhotoFace]
+
+
+def run_photos(args: argparse.Namespace) -> int:
+    from faceveil.data.images import save_image
+    from faceveil.data.photo_detect import NoFaceError
+    from faceveil.data.photo_io import load_photo
+    from faceveil.errors import FaceveilError, InputError
+    from faceveil.keys import load_key
+    from faceveil.models.photo import PhotoAnonymizer, native_size
+    from faceveil.models.photo_api import PhotoFinder
+    from faceveil.models.pipeline import Anonymizer
+    from faceveil.photofile import write_photo
+
+    quiet_libraries()
+    report = Report("anonymize")
+    key = load_key(args.key)
+    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
+    if not pairs:
+        return report.finish("anonymized", args.output)
+    device = resolve_device(args.device)
+    backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+    try:
+        photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone)), args.batch_size)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    finder = PhotoFinder(native_size(backbone), args.detector, args.faces, args.min_face, args.detect_size)
+    bar = progress(len(pairs), "anonymize")
+    pending: list[PhotoItem] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            veiled = photos.anonymize([(it.image, it.faces) for it in pending], key)
+        except (FaceveilError, ValueError, RuntimeError) as exc:
+            for it in pending:
+                report.fail(it.src, exc)
+            veiled = []
+        for it, vp in zip(pending, veiled):
+            try:
+                write_photo(it.dst, vp, key)
+                report.ok += 1
+            except (FaceveilError, OSError) as exc:
+                report.fail(it.src, exc)
+        bar.update(len(pending))
+        pending.clear()
+
+    for src, dst in pairs:
+        try:
+            image = load_photo(src, args.max_pixels, args.allow_anonymized)
+            pending.append(PhotoItem(src, dst, image, finder.find(image, str(src))))
+        except NoFaceError as exc:
+            if args.keep_faceless:
+                save_image(dst, image)  # pixels only: no metadata of the input
+                report.note(f"{src}: {exc}; written unchanged (--keep-faceless)")
+                report.ok += 1
+            else:
+                report.note(f"{src}: {exc}; skipped (use --keep-faceless to write it unchanged)")
+                report.skipped += 1
+            bar.update(1)
+            continue
+        except FaceveilError as exc:
+            report.fail(src, exc)
+            bar.update(1)
+            continue
+        if len(pending) >= PHOTOS_IN_FLIGHT or sum(len(it.faces) for it in pending) >= 4 * args.batch_size:
+            flush()
+    flush()
+    bar.close()
+    return report.finish("anonymized", args.output)

@@ -1,0 +1,74 @@
+"""Anonymized photos in the version 2 file: one sealed face record per face, one photo record.
+
+An adapter between :class:`~faceveil.models.photo.VeiledPhoto` and the record API of
+:mod:`faceveil.fileformat` (:func:`~faceveil.fileformat.write_file` /
+:func:`~faceveil.fileformat.read_file`). Per face, the sealed record holds the crop
+mask, the exact latents, the crop's sealed residual and ``affine``, the photo -> crop
+similarity. The photo record (sealed too) holds:
+
+- ``residual_sealed``: the photo's pixels over the face regions
+  (:mod:`faceveil.models.photo_residual`, itself AEAD-sealed under its own nonce);
+- ``residual_nonce``: that nonce;
+- ``face_index``: each face's rank among the faces detected in the photo.
+
+A file is a photo file when it has a photo record (``header["photo"]``); an aligned
+crop has none.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from faceveil.errors import FormatError, KeyMismatchError
+from faceveil.fileformat import FaceRecord, FileInfo, read_file, write_file
+from faceveil.keys import SecretKey
+from faceveil.models.photo import PhotoFace, VeiledPhoto
+from faceveil.models.pipeline import Veiled
+
+
+def write_photo(path: str | os.PathLike[str], vp: VeiledPhoto, key: SecretKey) -> Path:
+    """Atomically write an anonymized photo with its sealed face records."""
+    if not vp.faces or any(f.veiled is None for f in vp.faces):
+        raise ValueError("a photo file needs at least one anonymized face")
+    records = [FaceRecord(f.veiled.nonce, f.mask, f.veiled.state, f.veiled.sealed_residual, np.asarray(f.matrix, np.float64))
+               for f in vp.faces]
+    extra = {
+        "residual_sealed": np.frombuffer(vp.sealed_residual or b"", dtype=np.uint8),
+        "residual_nonce": np.frombuffer(vp.nonce, dtype=np.uint8),
+        "face_index": np.array([f.index for f in vp.faces], dtype=np.int32),
+    }
+    return write_file(path, vp.image, records, FileInfo.of(vp.faces[0].veiled), key, photo_extra=extra)
+
+
+def is_photo_header(header: dict | None) -> bool:
+    return bool(header) and header.get("version") == 2 and header.get("photo") is not None
+
+
+def read_photo(path: str | os.PathLike[str], key: SecretKey, force: bool = False) -> VeiledPhoto:
+    """Read and authenticate a photo file (see :func:`faceveil.fileformat.read_file`); ``force``
+    lets failed authentication through (listed in ``meta["bypassed"]``)."""
+    vf = read_file(path, key, force=force)
+    if not vf.records:
+        raise KeyMismatchError(f"{path}: the sealed face records do not open under this key (--force cannot bypass encryption)")
+    extra = vf.photo_extra or {}
+    if any(r.affine is None for r in vf.records) or "residual_nonce" not in extra:
+        raise FormatError(f"{path}: not a photo file (an aligned crop?); recover it without photo handling")
+    index = extra.get("face_index", np.arange(len(vf.records)))
+    faces = []
+    for i, r in enumerate(vf.records):
+        size = r.mask.shape[0]
+        info = vf.info
+        v = Veiled(
+            image=np.zeros((size, size, 3), np.uint8), mask=r.mask, nonce=r.nonce, settings=info.settings, key_check=r.check,
+            backbone=info.backbone, adapter_hash=info.adapter_hash, adapter_name=info.adapter_name, state=r.state,
+            sealed_residual=r.sealed_residual, compute=dict(info.compute), authenticated=vf.authenticated,
+        )
+        faces.append(PhotoFace(index=int(index[i]) if i < len(index) else i, matrix=np.asarray(r.affine, np.float64), mask=r.mask, veiled=v))
+    sealed = extra["residual_sealed"].tobytes() or None
+    vp = VeiledPhoto(vf.image, faces, extra["residual_nonce"].tobytes(), sealed)
+    vp.authenticated = vf.authenticated
+    vp.meta = {"pixels_intact": vf.pixels_intact, "bypassed": list(vf.bypassed), "header": vf.header}
+    return vp

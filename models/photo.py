@@ -1,0 +1,179 @@
+"""Ordinary photos in and out: every face aligned, anonymized in batches, blended back.
+
+For each photo (see DESIGN.md section 8):
+
+1. faces are detected (:mod:`faceveil.data.photo_detect`) and each is aligned
+   to the backbone's native crop by the FFHQ similarity of its 5 points;
+2. the facial mask is computed on the crop (:mod:`faceveil.data.photo_mask`);
+3. the crops of all photos are anonymized together, in batches, by
+   :class:`~faceveil.models.pipeline.Anonymizer`; a crop's pixels outside its
+   mask come from the *context photo* (faces greyed out), which recovery can
+   rebuild from the anonymized photo, so recovery sees the same conditioning;
+4. each anonymized crop is blended back inside its face region
+   (:mod:`faceveil.data.photo_align`); every other pixel stays bit-identical;
+5. the photo's pixels over the face regions are sealed as a residual
+   (:mod:`faceveil.models.photo_residual`), so recovery is bit for bit.
+
+:class:`PhotoFace` is one face's record (public: transform, crop mask and the
+crop's :class:`~faceveil.models.pipeline.Veiled` with its nonce and sealed
+state); :class:`VeiledPhoto` is the photo with its records and sealed residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from faceveil.data.align import ffhq_matrix, warp_face
+from faceveil.data.faces import Face
+from faceveil.data.photo_align import Region, context_crop, context_photo, face_crop, face_region, paste_face
+from faceveil.data.photo_mask import crop_mask
+from faceveil.errors import InputError
+from faceveil.keys import SecretKey, new_nonce
+from faceveil.models.backbones import Backbone
+from faceveil.models.photo_residual import apply_photo_residual, open_photo_residual, seal_photo_residual
+from faceveil.models.pipeline import Anonymizer, Veiled
+
+
+def native_size(backbone: Backbone) -> int:
+    """The crop side the backbone was built for: UNet sample size times the autoencoder factor."""
+    sample = backbone.unet.config.sample_size
+    sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+    return int(sample) * backbone.vae_factor
+
+
+@dataclass
+class PhotoFace:
+    """One face of a photo. ``matrix`` maps photo pixels to crop pixels."""
+
+    index: int  # rank among the faces detected in the photo, left to right
+    matrix: np.ndarray  # (2, 3) float64
+    mask: np.ndarray  # (S, S) bool crop mask
+    bbox: np.ndarray | None = None  # (4,) detector box in photo pixels (not stored in files)
+    score: float | None = None
+    veiled: Veiled | None = None  # the anonymized crop and its recovery data
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def region(self, hw: tuple[int, int]) -> Region | None:
+        return face_region(self.mask, self.matrix, hw)
+
+
+@dataclass
+class VeiledPhoto:
+    image: np.ndarray  # (H, W, 3) uint8 anonymized photo
+    faces: list[PhotoFace]
+    nonce: bytes  # per-photo nonce of the sealed residual
+    sealed_residual: bytes | None
+    authenticated: bool | None = None  # set by readers
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+def plan_faces(photo: np.ndarray, faces: Sequence[Face], indices: Sequence[int], size: int) -> list[PhotoFace]:
+    """Align and mask the chosen faces. Raises :class:`InputError` for a face that cannot be
+    handled: a photo is never written with a chosen face left as it was."""
+    out = []
+    for i in indices:
+        f = faces[i]
+        try:
+            matrix = ffhq_matrix(f.landmarks5, size)
+            mask = crop_mask(f, matrix, warp_face(photo, matrix, size))
+        except ValueError as exc:
+            raise InputError(f"face {i}: {exc}") from None
+        pf = PhotoFace(index=i, matrix=matrix, mask=mask, bbox=np.asarray(f.bbox, dtype=np.float64), score=f.score)
+        if pf.region(photo.shape[:2]) is None:
+            raise InputError(f"face {i}: its mask does not reach the photo")
+        out.append(pf)
+    return out
+
+
+@dataclass
+class _Job:
+    photo: np.ndarray
+    faces: list[PhotoFace]
+    regions: list[Region]
+    context: np.ndarray
+    crops: list[np.ndarray]
+
+
+class PhotoAnonymizer:
+    """Anonymize and recover whole photos with one :class:`Anonymizer` (crops at its native size)."""
+
+    def __init__(self, anonymizer: Anonymizer, batch_size: int = 4) -> None:
+        self.anonymizer = anonymizer
+        self.batch_size = max(1, int(batch_size))
+        self.size = native_size(anonymizer.backbone)
+
+    def _crops(self, items: list[tuple[np.ndarray, list[PhotoFace]]]) -> list[_Job]:
+        jobs = []
+        for photo, faces in items:
+            regions = [f.region(photo.shape[:2]) for f in faces]
+            if any(r is None for r in regions):
+                raise InputError("a face's mask does not reach the photo")
+            context = context_photo(photo, regions)
+            crops = [face_crop(photo, context, f.matrix, f.mask) for f in faces]
+            jobs.append(_Job(photo, faces, regions, context, crops))
+        return jobs
+
+    def anonymize(self, items: Sequence[tuple[np.ndarray, list[PhotoFace]]], key: SecretKey) -> list[VeiledPhoto]:
+        """Anonymize photos, each with its planned faces (:func:`plan_faces`); crops of all photos
+        share batches."""
+        jobs = self._crops(list(items))
+        flat = [(j, k) for j, job in enumerate(jobs) for k in range(len(job.faces))]
+        for start in range(0, len(flat), self.batch_size):
+            chunk = flat[start : start + self.batch_size]
+            veiled = self.anonymizer.anonymize(
+                [jobs[j].crops[k] for j, k in chunk], [jobs[j].faces[k].mask for j, k in chunk], key
+            )
+            for (j, k), v in zip(chunk, veiled):
+                jobs[j].faces[k].veiled = v
+        out = []
+        for job in jobs:
+            image = job.photo.copy()
+            for f, r in zip(job.faces, job.regions):
+                paste_face(image, f.veiled.image, f.matrix, r)
+            # What recovery rebuilds from the recovered crops, then closed to the photo by the residual.
+            rebuilt = job.context
+            for f, crop, r in zip(job.faces, job.crops, job.regions):
+                paste_face(rebuilt, crop, f.matrix, r)
+            nonce = new_nonce()
+            sealed = seal_photo_residual(job.photo, rebuilt, job.regions, key, nonce)
+            out.append(VeiledPhoto(image, job.faces, nonce, sealed))
+        return out
+
+    def recover(self, photos: Sequence[VeiledPhoto], key: SecretKey, force: bool = False) -> list[np.ndarray]:
+        """The original photos. Faces are recovered from their crops (exactly from untouched files);
+        the sealed residual then gives the photo back bit for bit. A residual that does not open
+        under ``key`` leaves the rebuilt photo (close, not exact)."""
+        jobs = []
+        for vp in photos:
+            hw = vp.image.shape[:2]
+            regions = [f.region(hw) for f in vp.faces]
+            if any(r is None for r in regions):
+                raise InputError("a face record does not reach the photo")
+            context = context_photo(vp.image, regions)
+            for f in vp.faces:
+                if f.veiled is None:
+                    raise InputError(f"face {f.index} has no recovery record")
+                f.veiled.image = context_crop(context, f.matrix, f.size)
+            jobs.append((vp, regions, context))
+        flat = [(vp, f) for vp, _, _ in jobs for f in vp.faces]
+        recovered: dict[int, np.ndarray] = {}
+        for start in range(0, len(flat), self.batch_size):
+            chunk = flat[start : start + self.batch_size]
+            rec = self.anonymizer.recover([f.veiled for _, f in chunk], key, force=force)
+            for (_, f), r in zip(chunk, rec):
+                recovered[id(f)] = r.image
+        out = []
+        for vp, regions, rebuilt in jobs:
+            for f, r in zip(vp.faces, regions):
+                paste_face(rebuilt, recovered[id(f)], f.matrix, r)
+            plain = open_photo_residual(vp.sealed_residual, regions, key, vp.nonce) if vp.sealed_residual else None
+            if plain is not None:
+                apply_photo_residual(rebuilt, plain, regions)
+            out.append(rebuilt)
+        return out

@@ -1,0 +1,189 @@
+"""Ordinary photos: every face replaced, the rest bit-identical, recovery bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from faceveil.data.images import load_image
+from faceveil.data.samples import sample_photo_path
+from faceveil.keys import SecretKey
+from faceveil.models.settings import Settings
+
+FAST = Settings(scheme="exact", steps=2)
+
+
+def region_mask(faces, hw):
+    out = np.zeros(hw, bool)
+    for f in faces:
+        r = f.region(hw)
+        out[r.slices()] |= r.inside
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo_tools(tiny_backbone):
+    from faceveil.models.photo import PhotoAnonymizer
+    from faceveil.models.pipeline import Anonymizer
+
+    return PhotoAnonymizer(Anonymizer(tiny_backbone, FAST), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def t1_result(tmp_path_factory, tiny_backbone, one_thread):
+    from faceveil.models.photo_api import anonymize_photo
+
+    key = SecretKey.generate()
+    path = tmp_path_factory.mktemp("t1") / "t1.png"
+    result = anonymize_photo(sample_photo_path("t1_group"), key, backbone=tiny_backbone, settings=FAST, output=path)
+    return key, path, result
+
+
+def test_t1_six_faces_replaced_rest_identical_and_recovered_bit_for_bit(t1_result, tiny_backbone):
+    from faceveil.data.detect_centerface import CenterFaceDetector
+    from faceveil.models.photo_api import recover_photo
+    from faceveil.photofile import read_photo
+
+    key, path, result = t1_result
+    original = load_image(sample_photo_path("t1_group"))
+    assert len(result.faces) == 6
+    changed = (result.image != original).any(-1)
+    inside = region_mask(result.faces, original.shape[:2])
+    assert not (changed & ~inside).any()  # outside every face region: bit-identical
+    # Each face the detector finds has most of its central box replaced.
+    for f in CenterFaceDetector().detect(original):
+        x0, y0, x1, y1 = f.bbox.astype(int)
+        cx0, cx1, cy0, cy1 = x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4, y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 4
+        assert changed[cy0:cy1, cx0:cx1].mean() > 0.8
+    # From the file: authenticated, then the whole photo back bit for bit.
+    vp = read_photo(path, key)
+    assert vp.authenticated and vp.meta["pixels_intact"] and np.array_equal(vp.image, result.image)
+    assert np.array_equal(recover_photo(path, key, backbone=tiny_backbone), original)
+
+
+def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, capsys):
+    import json
+
+    from PIL import Image, PngImagePlugin
+
+    from faceveil.cli import main
+    from faceveil.errors import KeyMismatchError, TamperedError
+    from faceveil.fileformat import read_chunks
+    from faceveil.keys import save_key
+    from faceveil.photofile import read_photo
+
+    key, path, result = t1_result
+    original = load_image(sample_photo_path("t1_group"))
+    keyfile = save_key(key, tmp_path / "me.key")
+    assert main(["recover", str(path), "-o", str(tmp_path / "rec"), "--key", str(keyfile), "--device", "cpu"]) == 0
+    assert np.array_equal(load_image(tmp_path / "rec" / "t1.png"), original)
+    assert (tmp_path / "rec" / "t1.png").stat().st_mode & 0o777 == 0o600
+    assert main(["inspect", str(path)]) == 0
+    header = json.loads(capsys.readouterr().out)
+    assert len(header["faces"]) == 6 and header["photo"] is not None and "affine" not in json.dumps(header)
+    with pytest.raises(KeyMismatchError):
+        read_photo(path, SecretKey.generate())
+    with pytest.raises(KeyMismatchError):  # force cannot open records sealed under another key
+        read_photo(path, SecretKey.generate(), force=True)
+    # Pixels edited after anonymization (faceveil chunks kept) are refused, or recovered with a note under force.
+    chunks = read_chunks(path)
+    info = PngImagePlugin.PngInfo()
+    for ctype, body in chunks.items():
+        info.add(ctype, body)
+    edited = result.image.copy()
+    edited[0, 0] ^= 1
+    Image.fromarray(edited).save(tmp_path / "e.png", pnginfo=info)
+    with pytest.raises(TamperedError):
+        read_photo(tmp_path / "e.png", key)
+    vp = read_photo(tmp_path / "e.png", key, force=True)
+    assert any("pixels" in b for b in vp.meta["bypassed"])
+    assert main(["recover", str(tmp_path / "e.png"), "-o", str(tmp_path / "rec2"), "--key", str(keyfile), "--device", "cpu"]) == 3
+
+
+def test_overlapping_faces_and_a_face_cut_by_the_border(tiny_backbone, photo_tools, one_thread):
+    from faceveil.data.detect_centerface import CenterFaceDetector
+    from faceveil.models.photo import plan_faces
+
+    full = load_image(sample_photo_path("grace_hopper"))
+    [face] = CenterFaceDetector().detect(full)
+    cut = int(face.bbox[0] + 0.4 * (face.bbox[2] - face.bbox[0]))  # the left edge runs through the face
+    photo = np.ascontiguousarray(full[:, cut:])
+    shift = np.array([cut, 0.0])
+    moved = dataclasses.replace(face, bbox=face.bbox - [cut, 0, cut, 0], landmarks5=face.landmarks5 - shift, landmarks=face.landmarks5 - shift)
+    eye = np.hypot(*(face.landmarks5[1] - face.landmarks5[0]))
+    second = dataclasses.replace(moved, landmarks5=moved.landmarks5 + [0.8 * eye, 0.3 * eye], landmarks=moved.landmarks5 + [0.8 * eye, 0.3 * eye])
+    faces = plan_faces(photo, [moved, second], [0, 1], 256)
+    a, b = (f.region(photo.shape[:2]) for f in faces)
+    both = np.zeros(photo.shape[:2], int)
+    both[a.slices()] += a.inside
+    both[b.slices()] += b.inside
+    assert (both == 2).sum() > 1000 and a.x0 == 0  # they overlap, and the first reaches the border
+    key = SecretKey.generate()
+    [vp] = photo_tools.anonymize([(photo, faces)], key)
+    changed = (vp.image != photo).any(-1)
+    assert not (changed & (both == 0)).any() and changed[both > 0].mean() > 0.9
+    assert np.array_equal(photo_tools.recover([vp], key)[0], photo)
+
+
+def test_blend_weights_stay_inside_the_mask():
+    from faceveil.data.align import ffhq_matrix
+    from faceveil.data.images import elliptical_mask
+    from faceveil.data.photo_align import blend_weights, face_region
+
+    mask = elliptical_mask(256, 256)
+    w = blend_weights(mask)
+    assert w[~mask].max() == 0 and w.max() == 1.0 and 0 < (w[mask] < 1).mean() < 0.2
+    lm5 = np.array([[300.0, 300], [360, 305], [330, 340], [305, 370], [355, 372]])
+    matrix = ffhq_matrix(lm5, 256)
+    r = face_region(mask, matrix, (600, 700))
+    # The region lies inside the warped mask (sampled at pixel centres, nearest neighbour).
+    ys, xs = np.nonzero(r.inside)
+    crop_xy = np.stack([xs + r.x0, ys + r.y0], 1) @ matrix[:, :2].T + matrix[:, 2]
+    ij = np.clip(np.rint(crop_xy).astype(int), 0, 255)
+    assert mask[ij[:, 1], ij[:, 0]].all()
+
+
+def test_photo_residual_opens_only_with_its_key_and_regions():
+    from faceveil.data.photo_align import Region
+    from faceveil.models.photo_residual import apply_photo_residual, open_photo_residual, seal_photo_residual
+
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    rebuilt = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    w = np.zeros((20, 20), np.float32)
+    w[5:15, 5:15] = 0.5
+    regions = [Region(0, 0, 20, 20, w), Region(10, 10, 30, 30, w)]  # overlapping
+    key, nonce = SecretKey.generate(), b"n" * 16
+    base = rebuilt.copy()
+    sealed = seal_photo_residual(original, rebuilt, regions, key, nonce)
+    assert len(sealed) == 3 * 200 + 16
+    assert open_photo_residual(sealed, regions, SecretKey.generate(), nonce) is None
+    assert open_photo_residual(sealed, regions[:1], key, nonce) is None
+    plain = open_photo_residual(sealed, regions, key, nonce)
+    apply_photo_residual(base, plain, regions)
+    assert np.array_equal(base, rebuilt)  # seal brought its copy to the original, apply does the same
+    inside = np.zeros((40, 50), bool)
+    inside[5:15, 5:15] = inside[15:25, 15:25] = True
+    assert np.array_equal(base[inside], original[inside])
+
+
+def test_detection_on_a_downscaled_copy_and_face_policy():
+    from faceveil.data.detect_centerface import CenterFaceDetector
+    from faceveil.data.faces import Face
+    from faceveil.data.photo_detect import detect_in_photo, select_faces
+
+    det = CenterFaceDetector()
+    image = load_image(sample_photo_path("t1_group"))
+    full = det.detect(image)
+    small = detect_in_photo(image, det, max_side=640)
+    assert len(full) == len(small) == 6
+    for a, b in zip(full, small):
+        assert np.abs(a.landmarks5 - b.landmarks5).max() < 6  # within a few source pixels
+    mk = lambda s: Face(np.array([0, 0, s, s], float), 1.0, np.zeros((5, 2)), np.zeros((5, 2)), "five")  # noqa: E731
+    assert select_faces([mk(50), mk(80)], "all", 20) == ([0, 1], None)
+    assert select_faces([mk(50), mk(80)], "largest", 20) == ([1], None)
+    keep, why = select_faces([mk(10), mk(80)], "all", 20)
+    assert keep == [] and "face 0 is 10 px < --min-face 20" in why
+    assert select_faces([], "all", 20) == ([], "no face found")
