@@ -39,6 +39,8 @@ def write_photo(path: str | os.PathLike[str], vp: VeiledPhoto, key: SecretKey) -
         "residual_sealed": np.frombuffer(vp.sealed_residual or b"", dtype=np.uint8),
         "residual_nonce": np.frombuffer(vp.nonce, dtype=np.uint8),
         "face_index": np.array([f.index for f in vp.faces], dtype=np.int32),
+        # Faces of one photo may run in batches of different bucket sizes; exact recovery needs each one's.
+        "face_bucket": np.array([int(f.veiled.compute.get("bucket", 1)) for f in vp.faces], dtype=np.int32),
     }
     return write_file(path, vp.image, records, FileInfo.of(vp.faces[0].veiled), key, photo_extra=extra)
 
@@ -57,6 +59,7 @@ def read_photo(path: str | os.PathLike[str], key: SecretKey, force: bool = False
     if any(r.affine is None for r in vf.records) or "residual_nonce" not in extra:
         raise FormatError(f"{path}: not a photo file (an aligned crop?); recover it without photo handling")
     index = extra.get("face_index", np.arange(len(vf.records)))
+    buckets = extra.get("face_bucket")
     faces = []
     for i, r in enumerate(vf.records):
         size = r.mask.shape[0]
@@ -66,6 +69,8 @@ def read_photo(path: str | os.PathLike[str], key: SecretKey, force: bool = False
             backbone=info.backbone, adapter_hash=info.adapter_hash, adapter_name=info.adapter_name, state=r.state,
             sealed_residual=r.sealed_residual, compute=dict(info.compute), authenticated=vf.authenticated,
         )
+        if buckets is not None and i < len(buckets):
+            v.compute["bucket"] = str(int(buckets[i]))  # validated by the Anonymizer on recovery
         faces.append(PhotoFace(index=int(index[i]) if i < len(index) else i, matrix=np.asarray(r.affine, np.float64), mask=r.mask, veiled=v))
     sealed = extra["residual_sealed"].tobytes() or None
     vp = VeiledPhoto(vf.image, faces, extra["residual_nonce"].tobytes(), sealed)

@@ -364,10 +364,12 @@ def test_recover_refuses_other_weights_unless_forced(exported, faces, tmp_path, 
     rc, err = recover("ex", "r1", "--backbone", str(other))
     line = next(x for x in err.splitlines() if "wrong weights" in x)
     assert rc == 1 and "recovered 0, failed 1" in err and not (tmp_path / "r1" / "f.png").exists()
-    assert f"made with {exported.resolve()} (adapter sha256 {mine[:12]}), but tiny with adapter sha256 {theirs[:12]} is loaded" in line
+    # Files name the base model and the adapter's hash, never the export's path.
+    assert f"made with tiny with adapter sha256 {mine[:12]}, but tiny with adapter sha256 {theirs[:12]} is loaded" in line
+    assert str(exported) not in err
     assert "--backbone EXPORT_DIR" in line and "--force" in line
     rc, err = recover("ex", "r2", "--backbone", "tiny")
-    assert rc == 1 and f"adapter sha256 {mine[:12]}), but tiny with no adapter is loaded" in err
+    assert rc == 1 and f"made with tiny with adapter sha256 {mine[:12]}, but tiny with no adapter is loaded" in err
     rc, err = recover("base", "r3", "--backbone", str(exported))
     assert rc == 1 and f"made with tiny with no adapter, but tiny with adapter sha256 {mine[:12]}" in err
     assert "--backbone tiny (the base model, no adapter)" in err
@@ -398,7 +400,7 @@ def test_evaluation_runs_an_export_at_its_recorded_size_and_settings(exported, t
     assert m["config"]["data"]["size"] == 64  # the export was trained at 64 px
     files = list((tmp_path / "eval" / "cache").glob("ours-adapters-*/*.png"))
     header = read_header(next(f for f in files if not f.name.endswith(".rec.png")))
-    assert (header["scheme"], header["steps"], header["transform"]) == ("exact", 6, "shuffle")  # the manifest's, not model.*
-    assert header["adapter_hash"] == file_sha256(exported / LORA_WEIGHTS)
+    assert (header["scheme"], header["steps"], header["transform"]) == ("exact", 6, "rotation")  # the manifest's, not model.*
+    assert header["adapter"] == {"name": exported.name, "sha256": file_sha256(exported / LORA_WEIGHTS)}  # never a path
     assert m["methods"]["ours-adapters"]["recovery"]["file"]["exact"] == 1.0
     assert any("trained at 64 px" in n for n in m["notes"]) and any("recorded settings" in n for n in m["notes"])
