@@ -8,9 +8,10 @@ the exact stored latents when the file carries them.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def public_backbone_id(bb: Backbone) -> str:
     """The backbone a file records: an export's base spec, never the export's local path."""
     return str((bb.extra or {}).get("base_spec") or bb.spec)
+
+
+MAX_CPU_THREADS = 1024
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (0: leave as is), then restore the count."""
+    if n <= 0 or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Anonymizer:
@@ -279,6 +297,8 @@ class Anonymizer:
         self.meter.finish()
         bb = self.backbone
         compute = {"dtype": str(bb.dtype).removeprefix("torch."), "device": bb.device.type, "unet": self.unet_path}
+        if bb.device.type == "cpu":
+            compute["threads"] = str(torch.get_num_threads())  # recovery runs with the same count
         if self.batch_invariant:
             compute["bucket"] = str(bucket)  # recovery must run the networks at this batch size
         return [
@@ -298,16 +318,23 @@ class Anonymizer:
             for i in range(len(images))
         ]
 
-    def _recorded_path(self, v: Veiled, n: int) -> tuple[int, str]:
-        """(bucket, UNet path) that ``v`` was anonymized with. Files without a bucket ran
-        their networks one image at a time (bucket 1)."""
+    def _recorded_path(self, v: Veiled, n: int) -> tuple[int, str, int]:
+        """(bucket, UNet path, CPU threads) that ``v`` was anonymized with. Files without a bucket ran
+        their networks one image at a time (bucket 1); threads 0 means "as this process has them"."""
+        threads = 0
+        if self.backbone.device.type == "cpu" and v.compute.get("device") == "cpu":
+            # CPU kernels split their sums by thread count, so the last bits follow it.
+            text = str(v.compute.get("threads", "0"))
+            if not (text.isdigit() and 0 <= int(text) <= MAX_CPU_THREADS):  # untrusted: bounded
+                raise InputError(f"recorded CPU thread count {text[:20]!r} is not a number up to {MAX_CPU_THREADS}")
+            threads = int(text)
         if not self.batch_invariant:
-            return n, v.compute.get("unet", "eager")
+            return n, v.compute.get("unet", "eager"), threads
         text = str(v.compute.get("bucket", "1"))
         # From an untrusted header: bounded, so a file cannot make us pad to any size.
         if text not in {str(2**i) for i in range(MAX_BUCKET.bit_length())}:
             raise InputError(f"recorded batch bucket {text[:20]!r} is not a power of two up to {MAX_BUCKET}")
-        return int(text), v.compute.get("unet", "eager")
+        return int(text), v.compute.get("unet", "eager"), threads
 
     @torch.no_grad()
     def recover(self, veiled: Sequence[Veiled], key: SecretKey, force: bool = False) -> list[Recovered]:
@@ -319,7 +346,7 @@ class Anonymizer:
                         "the key is not the one this image was anonymized with (its check value differs); "
                         "use --force to try anyway"
                     )
-        groups: dict[tuple[int, str], list[int]] = {}
+        groups: dict[tuple[int, str, int], list[int]] = {}
         for i, v in enumerate(veiled):
             groups.setdefault(self._recorded_path(v, len(veiled)), []).append(i)
         if len(groups) > 1:  # files made at other bucket sizes or UNet paths: each group at its own
@@ -328,7 +355,12 @@ class Anonymizer:
                 for i, r in zip(idx, self.recover([veiled[i] for i in idx], key, force=True)):
                     out[i] = r
             return out  # type: ignore[return-value]
-        bucket, unet_path = next(iter(groups))
+        bucket, unet_path, threads = next(iter(groups))
+        with cpu_threads(threads):
+            return self._recover_group(veiled, key, bucket, unet_path)
+
+    def _recover_group(self, veiled: Sequence[Veiled], key: SecretKey, bucket: int, unet_path: str) -> list[Recovered]:
+        """Recover files that share their bucket, UNet path and thread count."""
         images = [v.image for v in veiled]
         masks = [v.mask for v in veiled]
         stripped = all(v.state is None for v in veiled)

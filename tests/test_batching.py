@@ -98,3 +98,24 @@ def test_progress_advances_with_each_network_call(backbone, faces):
     seen.clear()
     a.recover(veiled, key)
     assert len(seen) > STEPS and sum(seen) == pytest.approx(3)
+
+
+def test_recovery_runs_with_the_recorded_cpu_thread_count(faces):
+    """CPU kernels split their sums by thread count: a file records it and recovery uses it."""
+    bb = load_backbone("tiny", device="cpu")
+    mask = elliptical_mask(SIZE, SIZE)
+    key = SecretKey.generate()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        v = Anonymizer(bb, Settings("exact", STEPS)).anonymize(faces[:2], [mask] * 2, key)
+        assert [x.compute["threads"] for x in v] == ["1", "1"]
+        torch.set_num_threads(2)
+        rec = Anonymizer(bb, Settings("exact", STEPS)).recover(v, key)
+        assert torch.get_num_threads() == 2  # restored after recovery
+        assert all(np.array_equal(r.image, f) for r, f in zip(rec, faces[:2]))
+        v[0].compute["threads"] = "99999"  # untrusted: bounded
+        with pytest.raises(InputError, match="thread count"):
+            Anonymizer(bb, Settings("exact", STEPS)).recover(v[:1], key)
+    finally:
+        torch.set_num_threads(before)
