@@ -11,6 +11,8 @@ a second, non-face box at score 0.12), so it is opt-in via ``upsample``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from faceveil.data.dlib_models import frontal_detector, shape_predictor
@@ -25,14 +27,21 @@ class DlibDetector:
             raise ValueError("upsample must be >= 0")
         self.upsample = int(upsample)
         self.threshold = float(threshold)
-        self._detector = frontal_detector()
+        self._detector = self._make_detector()
         self._predictor = shape_predictor(68)
+
+    def _make_detector(self) -> Any:
+        return frontal_detector()
+
+    def _boxes(self, image: np.ndarray) -> list[tuple[Any, float]]:
+        """(dlib rectangle, score) of each face at or above the threshold."""
+        rects, scores, _ = self._detector.run(image, self.upsample, self.threshold)
+        return list(zip(rects, scores, strict=True))
 
     def detect(self, image: np.ndarray, source: str | None = None) -> list[Face]:
         image = np.ascontiguousarray(image, dtype=np.uint8)
-        rects, scores, _ = self._detector.run(image, self.upsample, self.threshold)
         faces = []
-        for rect, score in zip(rects, scores, strict=True):
+        for rect, score in self._boxes(image):
             shape = self._predictor(image, rect)
             points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             # dlib's rectangles are inclusive; +1 makes x1 - x0 the width in pixels.

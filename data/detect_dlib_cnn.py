@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from faceveil.data.dlib_models import _dlib, dlib_model_path, shape_predictor
-from faceveil.data.faces import Face, five_from_68, sort_faces
+from faceveil.data.detect_dlib import DlibDetector
+from faceveil.data.dlib_models import _dlib, dlib_model_path
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,25 +22,11 @@ def cnn_detector() -> Any:
     return _dlib().cnn_face_detection_model_v1(str(dlib_model_path("mmod")))
 
 
-class DlibCnnDetector:
+class DlibCnnDetector(DlibDetector):
     name = "dlib-cnn"
 
-    def __init__(self, upsample: int = 0, threshold: float = 0.0) -> None:
-        if upsample < 0:
-            raise ValueError("upsample must be >= 0")
-        self.upsample = int(upsample)
-        self.threshold = float(threshold)
-        self._detector = cnn_detector()
-        self._predictor = shape_predictor(68)
+    def _make_detector(self) -> Any:
+        return cnn_detector()
 
-    def detect(self, image: np.ndarray, source: str | None = None) -> list[Face]:
-        image = np.ascontiguousarray(image, dtype=np.uint8)
-        faces = []
-        for det in self._detector(image, self.upsample):
-            if det.confidence < self.threshold:
-                continue
-            rect = det.rect
-            points = np.array([(p.x, p.y) for p in self._predictor(image, rect).parts()], dtype=np.float64)
-            bbox = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
-            faces.append(Face(bbox=bbox, score=float(det.confidence), landmarks5=five_from_68(points), landmarks=points, scheme="dlib68"))
-        return sort_faces(faces)
+    def _boxes(self, image: np.ndarray) -> list[tuple[Any, float]]:
+        return [(d.rect, d.confidence) for d in self._detector(image, self.upsample) if d.confidence >= self.threshold]
