@@ -235,3 +235,38 @@ def test_demo_round_trips_a_bundled_photo(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["background_identical"] and summary["psnr_recovered_vs_original_db"] == "inf"
     assert summary["psnr_wrong_key_vs_original_db"] < 25 and summary["wrong_key_refused"]
+
+
+def test_recover_and_verify_refusals(tmp_path, face128, keyfile, capsys):
+    """Originals never land among the public files; an empty verify fails; a mangled header is tampering (exit 3)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    save_image(src / "f.png", face128)
+    veiled = tmp_path / "veiled"
+    assert main(["anonymize", str(src), "-o", str(veiled), "--key", str(keyfile), *AFAST]) == 0
+    capsys.readouterr()
+    # Recovering into the anonymized folder (or a folder inside it) is refused before any work.
+    assert main(["recover", str(veiled), "-o", str(veiled / "sub"), "--key", str(keyfile), "--backbone", "tiny", "--device", "cpu"]) == 2
+    assert "inside it" in capsys.readouterr().err and not (veiled / "sub").exists()
+    # An -o that is a file is one run-level error.
+    (tmp_path / "afile").write_text("x")
+    assert main(["recover", str(veiled), "-o", str(tmp_path / "afile"), "--key", str(keyfile), "--backbone", "tiny", "--device", "cpu"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    # verify with nothing to verify is a failure, as anonymize and recover are.
+    (tmp_path / "empty").mkdir()
+    assert main(["verify", str(tmp_path / "empty"), "--key", str(keyfile)]) == 1
+    assert "no input images" in capsys.readouterr().err
+    # A header chunk that no longer parses (CRC kept valid) was edited: exit 3, not "corrupt".
+    import struct
+    import zlib
+
+    data = (veiled / "f.png").read_bytes()
+    at = data.index(b"fvHd") - 4
+    (length,) = struct.unpack(">I", data[at : at + 4])
+    body = b"[" + data[at + 9 : at + 8 + length]
+    chunk = struct.pack(">I", len(body)) + b"fvHd" + body + struct.pack(">I", zlib.crc32(b"fvHd" + body) & 0xFFFFFFFF)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "f.png").write_bytes(data[:at] + chunk + data[at + 12 + length :])
+    assert main(["verify", str(bad / "f.png"), "--key", str(keyfile)]) == 3
+    assert "edited or corrupt" in capsys.readouterr().err

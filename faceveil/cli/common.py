@@ -116,9 +116,14 @@ def resolve_dtype(name: str, device):  # -> torch.dtype
 
 
 def quiet_libraries() -> None:
+    import warnings
+
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
+    # diffusers passes huggingface_hub a deprecated argument; the warning (with a site-packages
+    # path) would break the one-line contract of our errors.
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
 
 
 @dataclass
@@ -184,6 +189,8 @@ def check_output_folder(inputs: list[str], outdir: Path) -> None:
     the folder of an input file: the outputs would become inputs of the next run."""
     from faceveil.errors import InputError
 
+    if Path(outdir).exists() and not Path(outdir).is_dir():
+        raise InputError(f"-o {outdir} is a file, not a folder")
     out = Path(outdir).resolve()
     for item in inputs:
         p = Path(item)

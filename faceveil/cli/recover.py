@@ -9,6 +9,7 @@ from pathlib import Path
 from faceveil.cli.common import (
     Report,
     add_model_args,
+    check_output_folder,
     batches_by,
     find_mask,
     load_backbone_for_cli,
@@ -122,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.models.pipeline import Anonymizer
 
     quiet_libraries()
+    # Recovered originals are private: never inside the folder of the anonymized (public) files.
+    check_output_folder(args.inputs, args.output)
     report = Report("recover")
     if args.force and not args.backbone:
         # A file that fails authentication must not choose the model (or a hub repo to contact).

@@ -25,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
 
     report = Report("verify")
     key = load_key(args.key)
-    for src, _ in expand_inputs(args.inputs):
+    files = [src for src, _ in expand_inputs(args.inputs)]
+    if not files:
+        report.fail(" ".join(args.inputs), "no input images")
+    for src in files:
         try:
             vf = verify_file(src, key)
         except FaceveilError as exc:

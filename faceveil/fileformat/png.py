@@ -64,7 +64,7 @@ def read_png_layout(path: str | os.PathLike[str], wanted: frozenset[bytes] = fro
         ctype = data[pos + 4 : pos + 8]
         end = pos + 12 + length
         if length > 2**31 - 1 or end > len(data):
-            raise FormatError(f"{path}: truncated PNG chunk {ctype!r}")
+            raise FormatError(f"{path}: truncated PNG chunk {ctype.decode('latin-1')!r}")
         body, crc = data[pos + 8 : end - 4], data[end - 4 : end]
         if layout is None and ctype != b"IHDR":
             raise FormatError(f"{path}: PNG does not start with IHDR")

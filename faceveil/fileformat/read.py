@@ -31,11 +31,13 @@ def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw)
     except ValueError:
-        raise FormatError(f"{path}: faceveil header is not valid JSON") from None
+        raise TamperedError(f"{path}: faceveil header is not valid JSON (edited or corrupt)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise FormatError(f"{path}: not a faceveil header")
+        raise TamperedError(f"{path}: faceveil header is not a faceveil header object (edited or corrupt)")
     if header.get("version") not in (1, VERSION):
-        raise FormatError(f"{path}: faceveil format version {escape(header.get('version'))} is not supported (this is {VERSION})")
+        # A well-formed newer version is the user's to upgrade for; anything else was altered.
+        cls = FormatError if isinstance(header.get("version"), int) and header["version"] > VERSION else TamperedError
+        raise cls(f"{path}: faceveil format version {escape(header.get('version'))} is not supported (this reads 1 and {VERSION})")
     return header
 
 
@@ -203,12 +205,12 @@ def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force:
     vf = VeiledFile(path, header, None, None, [], authenticated=authentic)  # type: ignore[arg-type]
     if authentic is False:
         _refuse(vf, force, TamperedError(f"{path}: faceveil metadata was modified (authentication failed)"))
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        _refuse(vf, force, TamperedError(f"{path}: sealed records do not match the header's hash"))
     try:
         vf.info, parts = _validate(header, layout.width, layout.height, len(payload))
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
-    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
-        _refuse(vf, force, TamperedError(f"{path}: sealed records do not match the header's hash"))
     if key is not None:
         try:
             failed = _open_records(vf, parts, payload, key)
