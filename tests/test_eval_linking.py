@@ -38,8 +38,9 @@ def test_published_keying_links_by_outside_noise_and_magnitudes_ours_does_not():
     published = sign_key_fn(7, mask)(z)
     pub = {k: summarize(ranks(v))["top1"] for k, v in noise_scores(published, z, inside).items()}
     assert pub["noise outside the mask"] == 1.0 and pub["magnitudes inside the mask"] == 1.0
-    key, whole = SecretKey.generate(), torch.ones_like(mask)
-    ours = apply_key(z, whole, get_transform("rotation"), key, [new_nonce() for _ in range(N)])
+    # A fixed key and nonces: the rank test is then reproducible (a random key made it flaky at N = 12).
+    key, whole = SecretKey(bytes(range(32))), torch.ones_like(mask)
+    ours = apply_key(z, whole, get_transform("rotation"), key, [bytes([i]) * 16 for i in range(N)])
     got = {k: summarize(ranks(v)) for k, v in noise_scores(ours, z, inside).items()}
     assert got["noise outside the mask"]["top1"] <= 3 / N and got["magnitudes inside the mask"]["top1"] <= 3 / N
     # shuffle over the whole noise still keeps the multiset of magnitudes: it links.
