@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from faceveil.fileformat.records import escape
 from faceveil.models.backbones import LAYOUTS, Backbone
 
 
@@ -46,12 +47,6 @@ def _short(adapter: str | None) -> str:
     return f"adapter sha256 {adapter[:12]}" if adapter else "no adapter"
 
 
-def _shown(text: str, limit: int = 200) -> str:
-    """An untrusted header string, printable and one line."""
-    out = text.encode("unicode_escape").decode("ascii")
-    return out if len(out) <= limit else out[: limit - 3] + "..."
-
-
 @dataclass(frozen=True)
 class WeightsMismatch:
     needs: str  # what the file was made with
@@ -69,13 +64,13 @@ def weights_mismatch(recorded_backbone: str, recorded_adapter: str | None, bb: B
     if recorded_adapter == have_adapter and (file_base is None or file_base == have_base):
         return None
     if file_base is None and recorded_adapter:
-        needs = f"{_shown(recorded_backbone)} ({_short(recorded_adapter)})"
+        needs = f"{escape(recorded_backbone)} ({_short(recorded_adapter)})"
     else:
-        needs = f"{_shown(file_base or recorded_backbone)} with {_short(recorded_adapter)}"
-    loaded = f"{_shown(have_base)} with {_short(have_adapter)}"
+        needs = f"{escape(file_base or recorded_backbone)} with {_short(recorded_adapter)}"
+    loaded = f"{escape(have_base)} with {_short(have_adapter)}"
     if recorded_adapter:
         how = (f"recover with --backbone EXPORT_DIR, the export whose faceveil.json lists lora sha256 "
                f"{recorded_adapter[:12]}...")
     else:
-        how = f"recover with --backbone {_shown(file_base or recorded_backbone)} (the base model, no adapter)"
+        how = f"recover with --backbone {escape(file_base or recorded_backbone)} (the base model, no adapter)"
     return WeightsMismatch(needs, loaded, how + ", or --force to try these weights anyway (the face will be wrong)")
