@@ -79,6 +79,25 @@ class SecretKey:
             self.material
         )
 
+    def seal(self, purpose: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """ChaCha20-Poly1305 under the subkey for (``purpose``, ``nonce``).
+
+        The subkey is unique per nonce, so the AEAD's own nonce can be constant.
+        """
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        return ChaCha20Poly1305(self.subkey(purpose, nonce)).encrypt(bytes(12), plaintext, aad)
+
+    def open(self, purpose: str, nonce: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+        """The plaintext :meth:`seal` sealed, or None for a wrong key or altered data."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        try:
+            return ChaCha20Poly1305(self.subkey(purpose, nonce)).decrypt(bytes(12), sealed, aad)
+        except InvalidTag:
+            return None
+
     def check_value(self, nonce: bytes) -> str:
         """Per-file public check value (64-bit hex): HMAC under a subkey bound to ``nonce``.
 

@@ -17,17 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from faceveil.data.photo_align import Region
 from faceveil.keys import SecretKey
 
 _AAD = b"faceveil/v1/photo-residual"
-
-
-def _aead(key: SecretKey, nonce: bytes) -> ChaCha20Poly1305:
-    return ChaCha20Poly1305(key.subkey("photo-residual", nonce))
 
 
 def residual_length(regions: Sequence[Region]) -> int:
@@ -45,17 +39,13 @@ def seal_photo_residual(original: np.ndarray, rebuilt: np.ndarray, regions: Sequ
         parts.append((target - view[inside]).tobytes())  # uint8 arithmetic wraps modulo 256
         view[inside] = target
     plain = b"".join(parts)
-    # The subkey is unique per nonce, so the AEAD nonce can be constant.
-    return _aead(key, nonce).encrypt(bytes(12), plain, _AAD)
+    return key.seal("photo-residual", nonce, plain, _AAD)
 
 
 def open_photo_residual(sealed: bytes, regions: Sequence[Region], key: SecretKey, nonce: bytes) -> bytes | None:
     """The plaintext, or None for a wrong key, altered data or regions that do not match."""
-    try:
-        plain = _aead(key, nonce).decrypt(bytes(12), sealed, _AAD)
-    except InvalidTag:
-        return None
-    return plain if len(plain) == residual_length(regions) else None
+    plain = key.open("photo-residual", nonce, sealed, _AAD)
+    return plain if plain is not None and len(plain) == residual_length(regions) else None
 
 
 def apply_photo_residual(rebuilt: np.ndarray, plain: bytes, regions: Sequence[Region]) -> None:

@@ -12,33 +12,22 @@ inexact latent recovery as small as the latent's own: x' = clip(D(z0') + r).
 from __future__ import annotations
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from faceveil.keys import SecretKey
 
 _AAD = b"faceveil/v1/residual"
 
 
-def _aead(key: SecretKey, nonce: bytes) -> ChaCha20Poly1305:
-    return ChaCha20Poly1305(key.subkey("residual", nonce))
-
-
 def seal_residual(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, key: SecretKey, nonce: bytes) -> bytes:
     """Encrypt image - reference (int16) at the masked pixels of (H, W, 3) uint8 arrays."""
     residual = image[mask].astype("<i2") - reference[mask].astype("<i2")
-    # The subkey is unique per nonce, so the AEAD nonce can be constant.
-    return _aead(key, nonce).encrypt(bytes(12), residual.tobytes(), _AAD)
+    return key.seal("residual", nonce, residual.tobytes(), _AAD)
 
 
 def open_residual(sealed: bytes, mask: np.ndarray, key: SecretKey, nonce: bytes) -> np.ndarray | None:
     """The (N, 3) int16 residual, or None when the key is wrong or the data was altered."""
-    try:
-        raw = _aead(key, nonce).decrypt(bytes(12), sealed, _AAD)
-    except InvalidTag:
-        return None
+    raw = key.open("residual", nonce, sealed, _AAD)
     n = int(mask.sum())
-    if len(raw) != 6 * n:
+    if raw is None or len(raw) != 6 * n:
         return None
     return np.frombuffer(raw, dtype="<i2").reshape(n, 3)
 

@@ -15,8 +15,6 @@ import zlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -24,7 +22,6 @@ from faceveil.errors import FormatError
 from faceveil.keys import SecretKey
 
 _MIN_BUCKET = 4096
-_AEAD_NONCE = bytes(12)  # the subkey is unique per (purpose, nonce), so a constant AEAD nonce is safe
 _DTYPES = {"U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F32": np.float32, "F64": np.float64}
 
 # name -> check(dtype, shape) -> error text or None
@@ -39,7 +36,7 @@ def seal_arrays(arrays: Mapping[str, np.ndarray], key: SecretKey, purpose: str, 
     """Encrypt named arrays; the result's length is a power of two plus the 16-byte tag."""
     packed = zlib.compress(st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}), 9)
     padded = packed + bytes(_bucket(len(packed)) - len(packed))
-    return ChaCha20Poly1305(key.subkey(purpose, nonce)).encrypt(_AEAD_NONCE, padded, purpose.encode())
+    return key.seal(purpose, nonce, padded, purpose.encode())
 
 
 def _tensor_table(raw: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -67,9 +64,8 @@ def open_arrays(sealed: bytes, key: SecretKey, purpose: str, nonce: bytes, max_r
     Raises :class:`FormatError` when it opens but is malformed: larger than ``max_raw``
     once inflated, or holding a tensor that ``spec`` does not allow.
     """
-    try:
-        padded = ChaCha20Poly1305(key.subkey(purpose, nonce)).decrypt(_AEAD_NONCE, sealed, purpose.encode())
-    except InvalidTag:
+    padded = key.open(purpose, nonce, sealed, purpose.encode())
+    if padded is None:
         return None
     try:
         inflater = zlib.decompressobj()
