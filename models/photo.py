@@ -71,6 +71,7 @@ class VeiledPhoto:
     sealed_residual: bytes | None
     authenticated: bool | None = None  # set by readers
     meta: dict[str, object] = field(default_factory=dict)
+    original: np.ndarray | None = None  # the input photo, in memory only: files seal its face regions
 
 
 def plan_faces(photo: np.ndarray, faces: Sequence[Face], indices: Sequence[int], size: int) -> list[PhotoFace]:
@@ -142,7 +143,7 @@ class PhotoAnonymizer:
                 paste_face(rebuilt, crop, f.matrix, r)
             nonce = new_nonce()
             sealed = seal_photo_residual(job.photo, rebuilt, job.regions, key, nonce)
-            out.append(VeiledPhoto(image, job.faces, nonce, sealed))
+            out.append(VeiledPhoto(image, job.faces, nonce, sealed, original=job.photo))
         return out
 
     def recover(self, photos: Sequence[VeiledPhoto], key: SecretKey, force: bool = False) -> list[np.ndarray]:

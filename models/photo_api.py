@@ -106,9 +106,18 @@ def anonymize_photo(
 
 def recover_photo(photo: VeiledPhoto | str | os.PathLike[str], key: SecretKey | str | os.PathLike[str],
                   backbone: str | Backbone | None = None) -> np.ndarray:
-    """The original photo from an anonymized file (or :class:`VeiledPhoto`) and the key."""
+    """The original photo from an anonymized file (or :class:`VeiledPhoto`) and the key.
+
+    A version 3 file (what :func:`anonymize_photo` writes) opens with the key alone, loads no
+    model and is checked against the sealed digest of the original; version 2 files and
+    in-memory results are replayed through ``backbone`` (default: the one recorded)."""
     key = _key(key)
     if not isinstance(photo, VeiledPhoto):
+        from faceveil.fileformat import read_header
+        from faceveil.fileformat.original import has_sidecar, open_original
+
+        if has_sidecar(photo) or (read_header(photo) or {}).get("version") == 3:
+            return open_original(photo, key).image
         from faceveil.photofile import read_photo
 
         photo = read_photo(Path(photo), key)

@@ -45,12 +45,13 @@ def run_photos(args: argparse.Namespace) -> int:
     from faceveil.models.photo import PhotoAnonymizer, native_size
     from faceveil.models.photo_api import PhotoFinder
     from faceveil.models.pipeline import Anonymizer
+    from faceveil.cli.anonymize import output_suffix, record_options
     from faceveil.photofile import write_photo
 
     quiet_libraries()
     report = Report("anonymize")
     key = load_key(args.key)
-    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
+    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, suffix=output_suffix(args)))
     if not pairs:
         return report.finish("anonymized", args.output)
     device = resolve_device(args.device)
@@ -74,9 +75,9 @@ def run_photos(args: argparse.Namespace) -> int:
             veiled = []
         for it, vp in zip(pending, veiled):
             try:
-                write_photo(it.dst, vp, key)
+                write_photo(it.dst, vp, key, **record_options(args, it.src))
                 report.ok += 1
-            except (FaceveilError, OSError) as exc:
+            except (FaceveilError, OSError, ValueError) as exc:
                 report.fail(it.src, exc)
         bar.update(len(pending))
         pending.clear()
