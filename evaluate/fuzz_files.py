@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from faceveil.fileformat.png import join_chunks as _png
+from faceveil.fileformat.png import split_chunks as _chunks
+
 KINDS = ("flip", "run", "truncate", "shuffle", "duplicate", "length", "header", "sidecar")
 
 
@@ -31,21 +34,6 @@ class Mutation:
     kind: str
     a: int  # a position or index, taken modulo what it indexes
     b: int  # a second index, a value or a length
-
-
-def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 8
-    while pos + 8 <= len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]))
-        pos += 12 + n
-    return out
-
-
-def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"".join(
-        struct.pack(">I", len(b)) + c + b + struct.pack(">I", zlib.crc32(c + b) & 0xFFFFFFFF) for c, b in chunks
-    )
 
 
 HEADER_EDITS = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from faceveil.fileformat.records import escape
+from faceveil.errors import escape
 from faceveil.models.backbones import LAYOUTS, Backbone
 
 

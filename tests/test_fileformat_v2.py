@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from faceveil.cli import main
+from faceveil.fileformat.png import join_chunks as _png
+from faceveil.fileformat.png import split_chunks as _chunks
 from faceveil.errors import FormatError, KeyMismatchError, TamperedError
 from faceveil.fileformat import (
     DATA_CHUNK,
@@ -34,23 +36,6 @@ from faceveil.fileformat.sealing import exactly, open_arrays
 
 # Reading any crafted file below must stay far under this (the files are a few KB).
 PEAK_BYTES = 16 * 2**20
-
-
-def _chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
-
-
-def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 8
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]))
-        pos += 12 + n
-    return out
-
-
-def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(c, b) for c, b in chunks)
 
 
 def _record(size: int = 32, seed: int = 0) -> FaceRecord:

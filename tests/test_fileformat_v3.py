@@ -16,33 +16,18 @@ import numpy as np
 import pytest
 
 from faceveil.cli import main
+from faceveil.fileformat.png import join_chunks as _png
+from faceveil.fileformat.png import split_chunks as _chunks
 from faceveil.errors import FormatError, KeyMismatchError, TamperedError
 from faceveil.fileformat import read_file, read_header, verify_file
 from faceveil.fileformat.original import open_original
 from faceveil.fileformat.sidecar import sidecar_path
-from faceveil.fileformat.v3 import SealedFace, full_region
+from faceveil.fileformat.v3 import SealedFace
 from faceveil.fileformat.write import write_v3
 from faceveil.keys import SecretKey, new_nonce, save_key
 
 MODEL = {"backbone": "tiny", "base_sha256": "ab" * 32, "adapter": {"name": "private-run", "sha256": "cd" * 32},
          "scheme": "exact", "steps": 4, "transform": "rotation", "compute": {"dtype": "float32"}}
-
-
-def _chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
-
-
-def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 8
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]))
-        pos += 12 + n
-    return out
-
-
-def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(c, b) for c, b in chunks)
 
 
 def _insert(data: bytes, extra: list[tuple[bytes, bytes]], before: bytes = b"IDAT") -> bytes:

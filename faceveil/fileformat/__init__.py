@@ -1,4 +1,9 @@
-"""The anonymized PNG, format version 2: public pixels, an authenticated header, sealed face records.
+"""The anonymized PNG: public pixels, an authenticated header, sealed face records.
+
+Version 3 (written since this release) seals each face region's original pixels, so recovery
+needs only the key: see :mod:`faceveil.fileformat.v3`, :mod:`faceveil.fileformat.original`
+(:func:`~faceveil.fileformat.original.open_original`) and :mod:`faceveil.fileformat.sidecar`.
+What follows describes version 2, still read (its recovery replays the model).
 
 A file is a container of 1..n face records (an aligned crop has one; a photo one per
 face) plus an optional sealed photo-level record. Two private ancillary chunks, so
@@ -35,10 +40,11 @@ API: :func:`write_file` / :func:`read_file` / :func:`verify_file` for records;
 
 from faceveil.fileformat.png import MAX_PIXELS
 from faceveil.fileformat.read import read_chunks, read_file, read_header, verify_file
+from faceveil.errors import escape
 from faceveil.fileformat.records import (
-    DATA_CHUNK, FORMAT, HEADER_CHUNK, VERSION, FaceRecord, FileInfo, VeiledFile, canonical, escape, header_authentic,
-    pixels_sha256,
+    DATA_CHUNK, FORMAT, HEADER_CHUNK, VERSION, FaceRecord, FileInfo, VeiledFile, canonical, header_authentic,
 )  # fmt: skip
+from faceveil.fileformat.v3 import pixels_sha256
 from faceveil.fileformat.veiled import read_veiled, veiled_from_file, veiled_from_header
 from faceveil.fileformat.write import write_file, write_veiled
 

@@ -136,3 +136,20 @@ def _walk(path: Path, f, size: int, wanted: frozenset[bytes], limit: int, strict
     if pos != size:
         raise FormatError(f"{path}: {size - pos} bytes after the PNG's IEND chunk")
     return layout
+
+
+def split_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, body) of each chunk of PNG bytes, trusting the lengths (for building test and fuzz files)."""
+    out, pos = [], len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]))
+        pos += 12 + n
+    return out
+
+
+def join_chunks(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """PNG bytes of (type, body) chunks, each with its length and a correct CRC."""
+    return PNG_SIGNATURE + b"".join(
+        struct.pack(">I", len(b)) + c + b + struct.pack(">I", zlib.crc32(c + b) & 0xFFFFFFFF) for c, b in chunks
+    )

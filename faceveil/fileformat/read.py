@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,11 +15,11 @@ from faceveil.data.images import to_rgb_array
 from faceveil.errors import FormatError, KeyMismatchError, TamperedError, escape
 from faceveil.fileformat.png import MAX_PIXELS, read_png_layout
 from faceveil.fileformat.records import (
-    CHUNKS, DATA_CHUNK, V1_MAX_PIXELS, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAX_FACES, MAX_HEADER_BYTES, PHOTO_PURPOSE, VERSION,
-    FaceRecord, FileInfo, VeiledFile, file_info, header_authentic, info_from_model, pixels_sha256,
+    CHUNKS, DATA_CHUNK, V1_MAX_PIXELS, FACE_PURPOSE, HEADER_CHUNK, MAX_FACES, MAX_HEADER_BYTES, PHOTO_PURPOSE,
+    FaceRecord, FileInfo, VeiledFile, file_info, header_authentic, info_from_model,
 )  # fmt: skip
 from faceveil.fileformat.sealing import at_most, exactly, open_arrays
-from faceveil.fileformat.v3 import MAC_CHUNK, is_original, open_record, parse_header, restore
+from faceveil.fileformat.v3 import MAC_CHUNK, is_original, key_matches, open_record, parse_header, pixels_sha256, restore
 from faceveil.fileformat.v3 import VERSION as V3
 from faceveil.fileformat.v1 import read_v1
 from faceveil.keys import NONCE_BYTES, SecretKey
@@ -159,16 +157,6 @@ class _AnyName(dict):
         return self._check
 
 
-def _check_matches(header: dict[str, Any], key: SecretKey) -> bool:
-    """Whether the first face's check value is ``key``'s (tells a wrong key from an edited file)."""
-    try:
-        face = header["faces"][0]
-        nonce = bytes.fromhex(face["nonce"])
-        return len(nonce) == NONCE_BYTES and hmac.compare_digest(str(face["check"]), key.check_value(nonce))
-    except (KeyError, IndexError, TypeError, ValueError):
-        return True  # malformed: let validation say what is wrong
-
-
 def _refuse(vf: VeiledFile, force: bool, exc: FormatError) -> None:
     if not force:
         raise exc
@@ -260,7 +248,7 @@ def _read_v3(path: Path, layout, header: dict[str, Any], key: SecretKey | None, 
 def _read_v2(path: Path, layout, header: dict[str, Any], key: SecretKey | None, force: bool, pixels: bool) -> VeiledFile:
     payload = layout.chunks[DATA_CHUNK]
     authentic = None if key is None else header_authentic(header, key)
-    if key is not None and not force and not _check_matches(header, key):
+    if key is not None and not force and not key_matches(header, key):
         raise KeyMismatchError(f"{path}: wrong key: this file was anonymized with another key")
     vf = VeiledFile(path, header, None, None, [], authenticated=authentic)  # type: ignore[arg-type]
     if authentic is False:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -12,9 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceveil.errors import escape
 from faceveil.fileformat.v1 import canonical as v1_canonical
-from faceveil.fileformat.v3 import SealedFace, pixels_sha256
+from faceveil.fileformat.v3 import SealedFace
 from faceveil.keys import SecretKey
 from faceveil.models.pipeline import Veiled
 from faceveil.models.settings import Settings

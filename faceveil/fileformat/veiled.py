@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceveil.errors import FormatError, KeyMismatchError
+from faceveil.errors import FormatError, KeyMismatchError, escape
 from faceveil.fileformat.read import read_file
-from faceveil.fileformat.records import VeiledFile, escape, file_info
+from faceveil.fileformat.records import VeiledFile, file_info
 from faceveil.fileformat.v1 import veiled_from_v1_header
 from faceveil.keys import SecretKey
 from faceveil.models.pipeline import Veiled
