@@ -111,6 +111,14 @@ class SecretKey:
         return hmac.new(self.subkey("metadata-mac", b""), data, hashlib.sha256).hexdigest()
 
 
+def tags_equal(expected: str | bytes, given: object) -> bool:
+    """Constant-time comparison of a tag we computed with one read from an untrusted file, whatever
+    its type or characters (``hmac.compare_digest`` refuses non-ASCII text with a TypeError)."""
+    a = expected if isinstance(expected, bytes) else expected.encode()
+    b = given if isinstance(given, bytes) else str(given).encode("utf-8", "replace")
+    return hmac.compare_digest(a, b)
+
+
 def new_nonce() -> bytes:
     """A fresh random 128-bit nonce for one image."""
     return os.urandom(NONCE_BYTES)

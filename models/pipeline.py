@@ -9,7 +9,6 @@ the exact stored latents when the file carries them.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from faceveil.errors import InputError, KeyMismatchError
-from faceveil.keys import SecretKey, new_nonce
+from faceveil.keys import SecretKey, new_nonce, tags_equal
 from faceveil.data.masks import latent_mask
 from faceveil.models.backbones import Backbone
 from faceveil.models.buckets import MAX_BUCKET, bucket_for, run_bucketed
@@ -56,7 +55,7 @@ class Veiled:
     def key_matches(self, key: SecretKey) -> bool:
         """Whether ``key`` is the one this image was anonymized with (by its check value)."""
         if self.key_check:
-            return hmac.compare_digest(self.key_check, key.check_value(self.nonce))
+            return tags_equal(key.check_value(self.nonce), self.key_check)
         return self.key_fingerprint == key.fingerprint
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from faceveil.fileformat.v1 import canonical as v1_canonical
 from faceveil.fileformat.v3 import SealedFace
-from faceveil.keys import SecretKey
+from faceveil.keys import SecretKey, tags_equal
 from faceveil.models.pipeline import Veiled
 from faceveil.models.settings import Settings
 
@@ -122,7 +121,7 @@ def canonical(header: dict[str, Any]) -> bytes:
 def header_authentic(header: dict[str, Any], key: SecretKey) -> bool:
     """Whether a public header (version 1 or 2, e.g. from ``faceveil inspect``) verifies under ``key``."""
     body = v1_canonical(header) if header.get("version") == 1 else canonical(header)
-    return hmac.compare_digest(key.mac(body), str(header.get("mac", "")))
+    return tags_equal(key.mac(body), header.get("mac", ""))
 
 
 # --------------------------------------------------------------------------- writing

@@ -9,7 +9,6 @@ publisher; version 2 seals them (see :mod:`faceveil.fileformat`).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import zlib
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from safetensors.numpy import load as st_load
 
 from faceveil.errors import FormatError, TamperedError
-from faceveil.keys import SecretKey
+from faceveil.keys import SecretKey, tags_equal
 from faceveil.models.inversion import LATTICE
 from faceveil.models.pipeline import Veiled
 from faceveil.models.settings import Settings
@@ -78,7 +77,7 @@ def read_v1(path: Path, header: dict[str, Any], payload: bytes, image_loader, ke
     """A version 1 file: payload hash and MAC first, then a bounded inflate, then the pixels."""
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         raise TamperedError(f"{path}: faceveil payload does not match its header")
-    authentic = None if key is None else hmac.compare_digest(key.mac(canonical(header)), str(header.get("mac", "")))
+    authentic = None if key is None else tags_equal(key.mac(canonical(header)), header.get("mac", ""))
     if authentic is False and not allow_unverified:
         what = "was modified" if key.fingerprint == header.get("key_fingerprint") else "does not verify under this key"
         raise TamperedError(f"{path}: faceveil metadata {what} (authentication failed)")

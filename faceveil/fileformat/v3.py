@@ -45,7 +45,7 @@ import numpy as np
 from faceveil.errors import FormatError, KeyMismatchError, TamperedError, escape
 from faceveil.fileformat.sealing import at_most, exactly, open_arrays, seal_arrays
 from faceveil.jsonfile import parse_json
-from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce
+from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce, tags_equal
 
 VERSION = 3
 MAC_CHUNK = b"fvMc"
@@ -250,7 +250,7 @@ def key_matches(header: dict[str, Any], key: SecretKey) -> bool:
     try:
         face = header["faces"][0]
         nonce = bytes.fromhex(face["nonce"])
-        return len(nonce) == NONCE_BYTES and hmac.compare_digest(str(face["check"]), key.check_value(nonce))
+        return len(nonce) == NONCE_BYTES and tags_equal(key.check_value(nonce), face["check"])
     except (KeyError, IndexError, TypeError, ValueError):
         return True  # malformed: let validation say what is wrong
 
@@ -271,7 +271,7 @@ def open_record(path: Path, header_bytes: bytes, header: dict[str, Any], mac: by
             raise TamperedError(f"{path}: {message}")
         bypassed.append(message)
 
-    if mac is None or not hmac.compare_digest(header_mac(key, header_bytes, ihdr), mac.decode("latin-1")):
+    if mac is None or not tags_equal(header_mac(key, header_bytes, ihdr), mac):
         refuse("faceveil metadata was modified (authentication failed)")
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         refuse("sealed records do not match the header's hash")
