@@ -1,64 +1,168 @@
-"""Finding the faces of an ordinary photo: detection on a downscaled copy, then the face policy.
+"""Finding every face of an ordinary photo, at any size: a tiled image pyramid.
 
-A big photo costs detection at ``max_side`` pixels plus the faces: boxes and
-landmarks found on the copy are scaled back to the photo's pixels.
+A detector sees a bounded input (``tile`` px a side), so a big photo is covered
+by overlapping tiles at full resolution, then again at half, a quarter... until
+one tile holds the whole photo; a small photo (a thumbnail) is also looked at
+twice enlarged. Memory stays bounded by one tile whatever the photo's size; the
+time is about 1.5x one pass over the photo's pixels (see
+``python -m faceveil.evaluate.recall_benchmark`` for the measured numbers).
 
-Privacy errs on the side of anonymizing: a detected face is never left as it
-was. With ``--faces all`` (default) a photo holding a face smaller than
-``--min-face`` is refused, with one line, rather than written with that face
-visible; ``--faces largest`` is the explicit choice to replace only the largest.
+Why this shape: a face of 16-40 px in a 24-megapixel photo is gone on any copy
+small enough to detect in one pass (round 2 missed 17 of 18), while a face
+larger than the tiles' overlap is cut at some tile edge and is only seen whole
+on a coarser level. Detections are merged across tiles and levels by
+non-maximum suppression, and a box lying mostly inside a larger one (a face
+cut by a tile edge, seen whole elsewhere) is dropped.
+
+What each face then gets is the face policy, :func:`face_treatments`: the
+diffusion, or an irreversible cover (:mod:`faceveil.data.photo_cover`) where the
+diffusion cannot take it. A found face is left as it was only when asked
+(``--leave-small``, ``--faces largest``), and the run then says so and exits non-zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from faceveil.data.faces import Face, FaceDetector
+from faceveil.data.faces import Face, FaceDetector, sort_faces
+from faceveil.data.photo_cover import COVERS
 from faceveil.errors import InputError
 
 PHOTO_FACE_POLICIES: tuple[str, ...] = ("all", "largest")
-DEFAULT_DETECT_SIDE = 1600
+METHODS: tuple[str, ...] = ("diffusion", *COVERS)
+DEFAULT_MIN_FACE = 20.0  # smaller faces are covered: too few pixels for landmarks and the diffusion crop
+DEFAULT_TILE = 1536  # detector input side; a tile of 1536 px takes about 1 s on one CPU core
+UPSCALE_BELOW_PIXELS = 1_000_000  # photos up to this size are also searched at 2x, for faces under 16 px
+MERGE_IOU = 0.3
 
 
-def detect_in_photo(image: np.ndarray, detector: FaceDetector, max_side: int = DEFAULT_DETECT_SIDE, source: str | None = None) -> list[Face]:
-    """Faces of ``image`` in its own pixel coordinates, found on a copy at most ``max_side`` px."""
-    h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    if scale >= 1.0:
-        return detector.detect(image, source)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    sx, sy = w / small.shape[1], h / small.shape[0]
-
-    def up(points: np.ndarray) -> np.ndarray:
-        # pixel centres at integers: x_big = (x_small + 0.5) * s - 0.5
-        return (np.asarray(points, dtype=np.float64) + 0.5) * [sx, sy] - 0.5
-
-    faces = []
-    for f in detector.detect(small, source):
-        bbox = np.asarray(f.bbox, dtype=np.float64) * [sx, sy, sx, sy]
-        faces.append(replace(f, bbox=bbox, landmarks5=up(f.landmarks5), landmarks=up(f.landmarks)))
-    return faces
+def pyramid_scales(hw: tuple[int, int], tile: int) -> list[float]:
+    """The scales searched: 2 for a small photo, 1, then halving until one tile holds the photo."""
+    h, w = hw
+    scales = [2.0] if h * w <= UPSCALE_BELOW_PIXELS else []
+    s = 1.0
+    scales.append(s)
+    while max(h, w) * s > tile:
+        s /= 2
+        scales.append(s)
+    return scales
 
 
-def select_faces(faces: list[Face], policy: str, min_face: float) -> tuple[list[int], str | None]:
-    """Indices of the faces to replace, or ``([], reason)`` when none is."""
-    if policy not in PHOTO_FACE_POLICIES:
-        raise InputError(f"unknown face policy {policy!r}; choose one of {', '.join(PHOTO_FACE_POLICIES)}")
+def tiles(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of windows of ``tile`` covering ``[0, length)``, consecutive windows sharing ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def _windows(hw: tuple[int, int], tile: int) -> Iterator[tuple[int, int, int, int]]:
+    h, w = hw
+    overlap = tile // 4  # faces up to a quarter tile lie whole in some tile; larger ones on a coarser level
+    for y in tiles(h, tile, overlap):
+        for x in tiles(w, tile, overlap):
+            yield y, x, min(y + tile, h), min(x + tile, w)
+
+
+def _placed(face: Face, offset: tuple[int, int], scale: tuple[float, float]) -> Face:
+    """``face``, found at ``offset`` in a copy scaled by ``scale`` (x, y), in the photo's pixels."""
+    off = np.array(offset, dtype=np.float64)
+    sc = np.array(scale, dtype=np.float64)
+
+    def back(points: np.ndarray) -> np.ndarray:
+        # pixel centres at integers: x_photo = (x_copy + 0.5) / s - 0.5
+        return (np.asarray(points, dtype=np.float64) + off + 0.5) / sc - 0.5
+
+    bbox = (np.asarray(face.bbox, dtype=np.float64) + np.tile(off, 2)) / np.tile(sc, 2)
+    return replace(face, bbox=bbox, landmarks5=back(face.landmarks5), landmarks=back(face.landmarks))
+
+
+def merge_faces(faces: list[Face], iou: float = MERGE_IOU) -> list[Face]:
+    """One face per place: greedy NMS by score, then boxes lying mostly inside a larger kept face dropped."""
     if not faces:
-        return [], "no face found"
-    big = [i for i, f in enumerate(faces) if f.size >= min_face]
-    if not big:
-        return [], f"face too small ({max(f.size for f in faces):.0f} px < --min-face {min_face:g} px)"
-    if policy == "largest":
-        return [max(big, key=lambda i: faces[i].area)], None
-    small = [i for i in range(len(faces)) if i not in big]
-    if small:
-        sizes = ", ".join(f"face {i} is {faces[i].size:.0f} px" for i in small)
-        return [], f"{sizes} < --min-face {min_face:g} px; refusing the photo rather than leaving a face visible"
-    return big, None
+        return []
+    boxes = np.array([f.bbox for f in faces], dtype=np.float64)
+    xywh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes]
+    keep = [int(i) for i in np.asarray(cv2.dnn.NMSBoxes(xywh, [float(f.score) for f in faces], 0.0, iou)).reshape(-1)]
+    kept: list[Face] = []
+    for i in sorted(keep, key=lambda i: -faces[i].area):  # largest first: a part of a face inside it goes
+        b = boxes[i]
+        inside = False
+        for k in kept:
+            ix = max(0.0, min(b[2], k.bbox[2]) - max(b[0], k.bbox[0]))
+            iy = max(0.0, min(b[3], k.bbox[3]) - max(b[1], k.bbox[1]))
+            if ix * iy >= 0.8 * max(faces[i].area, 1e-9):
+                inside = True
+                break
+        if not inside:
+            kept.append(faces[i])
+    return sort_faces(kept)
+
+
+def detect_in_photo(image: np.ndarray, detector: FaceDetector, tile: int = DEFAULT_TILE, source: str | None = None) -> list[Face]:
+    """Every face of ``image`` in its own pixel coordinates (see the module docstring)."""
+    h, w = image.shape[:2]
+    found: list[Face] = []
+    for s in pyramid_scales((h, w), tile):
+        if s == 1.0:
+            level = image
+        else:
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            level = cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        lh, lw = level.shape[:2]
+        sx, sy = lw / w, lh / h
+        for window in _windows((lh, lw), tile):
+            y0, x0, y1, x1 = window
+            for f in detector.detect(np.ascontiguousarray(level[y0:y1, x0:x1]), source):
+                found.append(_placed(f, (x0, y0), (sx, sy)))
+    return merge_faces(found)
+
+
+@dataclass(frozen=True)
+class FacePolicy:
+    """What each found face gets. ``method`` is for every face; a face the diffusion cannot take
+    (under ``min_face``, or failing alignment) gets ``cover``; ``leave_small`` leaves faces under
+    ``min_face`` as they were instead, and ``faces="largest"`` leaves all but the largest."""
+
+    method: str = "diffusion"
+    cover: str = "blur"
+    min_face: float = DEFAULT_MIN_FACE
+    leave_small: bool = False
+    faces: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.faces not in PHOTO_FACE_POLICIES:
+            raise InputError(f"unknown face policy {self.faces!r}; choose one of {', '.join(PHOTO_FACE_POLICIES)}")
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.cover not in COVERS:
+            raise InputError(f"unknown cover {self.cover!r}; choose one of {', '.join(COVERS)}")
+
+
+LEFT = "left"  # the treatment of a face left as it was (only on request)
+
+
+def face_treatments(faces: list[Face], policy: FacePolicy) -> list[tuple[str, str | None]]:
+    """``(treatment, why)`` per face: ``"diffusion"``, a cover, or ``"left"``; ``why`` says why a
+    face does not get ``policy.method``."""
+    largest = max(range(len(faces)), key=lambda i: faces[i].area) if faces else -1
+    out: list[tuple[str, str | None]] = []
+    for i, f in enumerate(faces):
+        small = f.size < policy.min_face
+        if policy.faces == "largest" and i != largest:
+            out.append((LEFT, "not the largest face (--faces largest)"))
+        elif small and policy.leave_small:
+            out.append((LEFT, f"{f.size:.0f} px < --min-face {policy.min_face:g} px (--leave-small)"))
+        elif small and policy.method == "diffusion":
+            out.append((policy.cover, f"{f.size:.0f} px < --min-face {policy.min_face:g} px"))
+        else:
+            out.append((policy.method, None))
+    return out
 
 
 class NoFaceError(InputError):

@@ -17,6 +17,7 @@ and masks) that the command line shares.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from faceveil.data.faces import FaceDetector
-from faceveil.data.photo_detect import DEFAULT_DETECT_SIDE, NoFaceError, detect_in_photo, select_faces
+from faceveil.data.photo_detect import DEFAULT_TILE, FacePolicy, NoFaceError, detect_in_photo
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, load_key
 from faceveil.models.backbones import Backbone, load_backbone
@@ -33,7 +34,6 @@ from faceveil.models.pipeline import Anonymizer
 from faceveil.models.settings import Settings
 
 DEFAULT_DETECTOR = "centerface"
-DEFAULT_MIN_FACE = 20.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,22 +44,21 @@ def _detector(name: str) -> FaceDetector:
 
 
 class PhotoFinder:
-    """Detect, choose, align and mask the faces of a photo."""
+    """Detect the faces of a photo and plan each one's treatment (:class:`FacePolicy`)."""
 
-    def __init__(self, size: int, detector: str | FaceDetector = DEFAULT_DETECTOR, faces: str = "all",
-                 min_face: float = DEFAULT_MIN_FACE, detect_side: int = DEFAULT_DETECT_SIDE) -> None:
+    def __init__(self, size: int, detector: str | FaceDetector = DEFAULT_DETECTOR, policy: FacePolicy | None = None,
+                 tile: int = DEFAULT_TILE) -> None:
         self.size = int(size)
         self.detector = _detector(detector) if isinstance(detector, str) else detector
-        self.faces, self.min_face, self.detect_side = faces, float(min_face), int(detect_side)
-        select_faces([], faces, min_face)  # an unknown policy fails here, before any photo
+        self.policy = policy or FacePolicy()
+        self.tile = int(tile)
 
     def find(self, image: np.ndarray, source: str | None = None) -> list[PhotoFace]:
-        """The planned faces; raises :class:`NoFaceError` or :class:`InputError` with the reason."""
-        found = detect_in_photo(image, self.detector, self.detect_side, source)
-        keep, reason = select_faces(found, self.faces, self.min_face)
-        if not keep:
-            raise (NoFaceError if not found else InputError)(reason or "no face chosen")
-        return plan_faces(image, found, keep, self.size)
+        """Every found face, planned; raises :class:`NoFaceError` when there is none."""
+        found = detect_in_photo(image, self.detector, self.tile, source)
+        if not found:
+            raise NoFaceError("no face found")
+        return plan_faces(image, found, self.size, self.policy)
 
 
 def _key(key: SecretKey | str | os.PathLike[str]) -> SecretKey:
@@ -86,22 +85,33 @@ def anonymize_photo(
     backbone: str | Backbone = "tiny",
     settings: Settings | None = None,
     detector: str | FaceDetector = DEFAULT_DETECTOR,
-    faces: str = "all",
-    min_face: float = DEFAULT_MIN_FACE,
+    policy: FacePolicy | None = None,
     output: str | os.PathLike[str] | None = None,
 ) -> VeiledPhoto:
     """Anonymize every face of ``photo`` (an RGB uint8 array or a path). ``result.image`` is the
-    anonymized photo, ``result.faces`` the face records; ``output`` also writes the file."""
+    anonymized photo, ``result.faces`` the face records, each with its ``treatment``; ``output``
+    also writes the file."""
     key = _key(key)
     bb = _backbone(backbone)
     image = _image(photo)
-    planned = PhotoFinder(native_size(bb), detector, faces, min_face).find(image, None if isinstance(photo, np.ndarray) else str(photo))
+    planned = PhotoFinder(native_size(bb), detector, policy).find(image, None if isinstance(photo, np.ndarray) else str(photo))
     [result] = PhotoAnonymizer(Anonymizer(bb, settings)).anonymize([(image, planned)], key)
     if output is not None:
-        from faceveil.photofile import write_photo
-
-        write_photo(output, result, key)
+        save_result(output, result, key)
     return result
+
+
+def save_result(path: str | os.PathLike[str], result: VeiledPhoto, key: SecretKey) -> Path:
+    """Atomically write an anonymized photo. Until the v3 file format records covered faces, the
+    file holds the diffusion faces' records (their recovery gives the photo back with the covers
+    on); a photo with covered faces only is written as a plain PNG, nothing to recover."""
+    from faceveil.data.images import save_image
+    from faceveil.photofile import write_photo
+
+    diffused = [f for f in result.faces if f.treatment == "diffusion"]
+    if not diffused:
+        return save_image(path, result.image)
+    return write_photo(path, dataclasses.replace(result, faces=diffused), key)
 
 
 def recover_photo(photo: VeiledPhoto | str | os.PathLike[str], key: SecretKey | str | os.PathLike[str],
@@ -112,8 +122,9 @@ def recover_photo(photo: VeiledPhoto | str | os.PathLike[str], key: SecretKey | 
         from faceveil.photofile import read_photo
 
         photo = read_photo(Path(photo), key)
-    if not photo.faces:
+    diffused = [f for f in photo.faces if f.treatment == "diffusion"]
+    if not diffused:
         return photo.image.copy()
-    v0 = photo.faces[0].veiled
+    v0 = diffused[0].veiled
     bb = _backbone(backbone or v0.backbone)
     return PhotoAnonymizer(Anonymizer(bb, v0.settings)).recover([photo], key)[0]

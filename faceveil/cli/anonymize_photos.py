@@ -38,14 +38,13 @@ class PhotoItem:
 
 def run_photos(args: argparse.Namespace) -> int:
     from faceveil.data.images import save_image
-    from faceveil.data.photo_detect import NoFaceError
+    from faceveil.data.photo_detect import LEFT, FacePolicy, NoFaceError
     from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError, InputError
     from faceveil.keys import load_key
-    from faceveil.models.photo import PhotoAnonymizer, native_size
-    from faceveil.models.photo_api import PhotoFinder
+    from faceveil.models.photo import PhotoAnonymizer, treatment_summary
+    from faceveil.models.photo_api import PhotoFinder, save_result
     from faceveil.models.pipeline import Anonymizer
-    from faceveil.photofile import write_photo
 
     quiet_libraries()
     report = Report("anonymize")
@@ -53,13 +52,17 @@ def run_photos(args: argparse.Namespace) -> int:
     pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
     if not pairs:
         return report.finish("anonymized", args.output)
-    device = resolve_device(args.device)
-    backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
-    try:
-        photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone)), args.batch_size)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    finder = PhotoFinder(native_size(backbone), args.detector, args.faces, args.min_face, args.detect_size)
+    policy = FacePolicy(args.method, args.cover, args.min_face, args.leave_small, args.faces)
+    if args.method == "diffusion":
+        device = resolve_device(args.device)
+        backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+        try:
+            photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone)), args.batch_size)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    else:
+        photos = PhotoAnonymizer(None)  # covers only: no model to load
+    finder = PhotoFinder(photos.size, args.detector, policy, args.detect_size)
     bar = progress(len(pairs), "anonymize")
     pending: list[PhotoItem] = []
 
@@ -74,10 +77,14 @@ def run_photos(args: argparse.Namespace) -> int:
             veiled = []
         for it, vp in zip(pending, veiled):
             try:
-                write_photo(it.dst, vp, key)
+                save_result(it.dst, vp, key)
                 report.ok += 1
             except (FaceveilError, OSError) as exc:
                 report.fail(it.src, exc)
+                continue
+            report.note(f"{it.src}: {treatment_summary(vp.faces)}")
+            if any(f.treatment == LEFT for f in vp.faces):
+                report.left_visible.append(str(it.dst))
         bar.update(len(pending))
         pending.clear()
 

@@ -135,6 +135,7 @@ class Report:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     tampered: list[str] = field(default_factory=list)  # failed authentication: exit status 3
+    left_visible: list[str] = field(default_factory=list)  # written with a found face left as it was: exit 1
 
     def fail(self, path: str | Path, reason: object) -> None:
         from faceveil.errors import TamperedError
@@ -154,14 +155,17 @@ class Report:
         if self.skipped:
             parts.append(f"skipped {self.skipped}")
         parts.append(f"failed {len(self.failed)}")
+        if self.left_visible:
+            parts.append(f"with faces left visible {len(self.left_visible)}")
         print(f"faceveil {self.command}: {', '.join(parts)} -> {outdir}", file=sys.stderr)
         return self.status()
 
     def status(self) -> int:
-        """0 all well; 3 a file failed authentication (edited pixels or metadata); 1 other failures."""
+        """0 all well; 3 a file failed authentication (edited pixels or metadata); 1 other failures,
+        or an output written with a found face left visible."""
         from faceveil.errors import TAMPERED_EXIT
 
-        return TAMPERED_EXIT if self.tampered else 1 if self.failed else 0
+        return TAMPERED_EXIT if self.tampered else 1 if self.failed or self.left_visible else 0
 
 
 def output_path(src: Path, root: Path | None, outdir: Path, suffix: str = ".png") -> Path:
