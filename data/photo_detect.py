@@ -30,6 +30,7 @@ import numpy as np
 
 from faceveil.data.faces import Face, FaceDetector, sort_faces
 from faceveil.data.photo_cover import COVERS
+from faceveil.data.photo_regions import MANUAL
 from faceveil.errors import InputError
 
 PHOTO_FACE_POLICIES: tuple[str, ...] = ("all", "largest")
@@ -150,16 +151,19 @@ LEFT = "left"  # the treatment of a face left as it was (only on request)
 def face_treatments(faces: list[Face], policy: FacePolicy) -> list[tuple[str, str | None]]:
     """``(treatment, why)`` per face: ``"diffusion"``, a cover, or ``"left"``; ``why`` says why a
     face does not get ``policy.method``."""
-    largest = max(range(len(faces)), key=lambda i: faces[i].area) if faces else -1
+    detected = [i for i, f in enumerate(faces) if f.scheme != MANUAL]
+    largest = max(detected, key=lambda i: faces[i].area) if detected else -1
     out: list[tuple[str, str | None]] = []
     for i, f in enumerate(faces):
         small = f.size < policy.min_face
-        if policy.faces == "largest" and i != largest:
-            out.append((LEFT, "not the largest face (--faces largest)"))
+        if f.scheme == MANUAL:  # no landmarks: a cover, whatever its size
+            out.append((policy.method if policy.method in COVERS else policy.cover, "given by hand"))
+        elif policy.faces == "largest" and i != largest:
+            out.append((LEFT, "not the largest, --faces largest"))
         elif small and policy.leave_small:
-            out.append((LEFT, f"{f.size:.0f} px < --min-face {policy.min_face:g} px (--leave-small)"))
+            out.append((LEFT, f"under --min-face {policy.min_face:g} px, --leave-small"))
         elif small and policy.method == "diffusion":
-            out.append((policy.cover, f"{f.size:.0f} px < --min-face {policy.min_face:g} px"))
+            out.append((policy.cover, f"under --min-face {policy.min_face:g} px"))
         else:
             out.append((policy.method, None))
     return out

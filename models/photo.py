@@ -111,13 +111,16 @@ def plan_faces(photo: np.ndarray, faces: Sequence[Face], size: int, policy: Face
 
 
 def treatment_summary(faces: Sequence[PhotoFace]) -> str:
-    """One line: how many faces got what, and why any did not get the method asked for."""
-    counts: dict[str, int] = {}
+    """One line: what the faces got, and why where it is not the method asked for, e.g.
+    ``6 faces: 4 diffusion, 2 blur (under --min-face 20 px: faces 3, 5)``."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
     for f in faces:
-        counts[f.treatment] = counts.get(f.treatment, 0) + 1
-    text = ", ".join(f"{n} {t}" for t, n in counts.items())
-    reasons = "; ".join(f"face {f.index} {f.treatment}: {f.why}" for f in faces if f.why)
-    return f"{len(faces)} face{'s' if len(faces) != 1 else ''}: {text}" + (f" ({reasons})" if reasons else "")
+        groups.setdefault((f.treatment, f.why), []).append(f.index)
+    parts = []
+    for (treatment, why), idx in groups.items():
+        who = f"face{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}"
+        parts.append(f"{len(idx)} {treatment}" + (f" ({why}: {who})" if why else ""))
+    return f"{len(faces)} face{'s' if len(faces) != 1 else ''}: {', '.join(parts)}"
 
 
 @dataclass

@@ -20,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from faceveil.data.faces import FaceDetector
 from faceveil.data.photo_detect import DEFAULT_TILE, FacePolicy, NoFaceError, detect_in_photo
+from faceveil.data.photo_regions import with_regions
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, load_key
 from faceveil.models.backbones import Backbone, load_backbone
@@ -53,9 +55,10 @@ class PhotoFinder:
         self.policy = policy or FacePolicy()
         self.tile = int(tile)
 
-    def find(self, image: np.ndarray, source: str | None = None) -> list[PhotoFace]:
-        """Every found face, planned; raises :class:`NoFaceError` when there is none."""
-        found = detect_in_photo(image, self.detector, self.tile, source)
+    def find(self, image: np.ndarray, source: str | None = None, regions: Sequence[np.ndarray] = ()) -> list[PhotoFace]:
+        """Every found face and every face given by hand (``regions``: boxes x0, y0, x1, y1), planned;
+        raises :class:`NoFaceError` when there is none."""
+        found = with_regions(detect_in_photo(image, self.detector, self.tile, source), list(regions), image.shape[:2])
         if not found:
             raise NoFaceError("no face found")
         return plan_faces(image, found, self.size, self.policy)

@@ -20,6 +20,7 @@ from faceveil import __version__
 SUBCOMMANDS: tuple[str, ...] = (
     "keygen",
     "anonymize",
+    "detect",
     "anonymize-shards",
     "recover",
     "inspect",

@@ -36,9 +36,7 @@ from faceveil.cli.common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from faceveil.data.backends import DETECTORS
-    from faceveil.data.photo_cover import COVERS
-    from faceveil.data.photo_detect import DEFAULT_MIN_FACE, DEFAULT_TILE, METHODS, PHOTO_FACE_POLICIES
+    from faceveil.cli.photo_args import add_face_args
     from faceveil.data.photo_io import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("anonymize", help="replace every face of photos with keyed synthetic faces; writes self-describing PNGs")
@@ -48,21 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never overwritten)")
     p.add_argument("--allow-anonymized", action="store_true", help="anonymize faceveil outputs again (refused by default)")
     g = p.add_argument_group("photos (default mode)")
-    g.add_argument("--method", choices=METHODS, default="diffusion",
-                   help="what every face gets: a keyed synthetic face (diffusion, default) or an irreversible cover")
-    g.add_argument("--cover", choices=COVERS, default="blur",
-                   help="the cover of a face the diffusion cannot take (under --min-face, alignment failed); default blur")
-    g.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
-                   help=f"faces smaller than this get --cover instead of the diffusion (default {DEFAULT_MIN_FACE:g})")
-    g.add_argument("--leave-small", action="store_true",
-                   help="leave faces under --min-face as they were (the run then exits 1 and names them)")
-    g.add_argument("--faces", choices=PHOTO_FACE_POLICIES, default="all",
-                   help="treat all faces (default), or only the largest and leave the others (the run then exits 1)")
-    g.add_argument("--detector", choices=[d for d in DETECTORS if d != "precomputed"], default="centerface",
-                   help="face detector (default centerface: offline, best measured recall)")
-    g.add_argument("--detect-size", type=positive_int, default=DEFAULT_TILE, metavar="PX",
-                   help=f"detector tile side: the photo is searched in overlapping tiles at full size and at halving "
-                   f"scales (default {DEFAULT_TILE})")
+    add_face_args(g)
     g.add_argument("--keep-faceless", action="store_true", help="write photos without a face unchanged (as PNG without metadata)")
     g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger photos (default {DEFAULT_MAX_PIXELS}: what a file can hold; $FACEVEIL_MAX_PIXELS)")
     a = p.add_argument_group("aligned crops")

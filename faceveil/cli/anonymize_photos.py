@@ -38,7 +38,8 @@ class PhotoItem:
 
 def run_photos(args: argparse.Namespace) -> int:
     from faceveil.data.images import save_image
-    from faceveil.data.photo_detect import LEFT, FacePolicy, NoFaceError
+    from faceveil.cli.photo_args import face_policy, hand_regions
+    from faceveil.data.photo_detect import LEFT, NoFaceError
     from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError, InputError
     from faceveil.keys import load_key
@@ -52,7 +53,8 @@ def run_photos(args: argparse.Namespace) -> int:
     pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
     if not pairs:
         return report.finish("anonymized", args.output)
-    policy = FacePolicy(args.method, args.cover, args.min_face, args.leave_small, args.faces)
+    policy = face_policy(args)
+    regions = hand_regions(args)
     if args.method == "diffusion":
         device = resolve_device(args.device)
         backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
@@ -91,7 +93,7 @@ def run_photos(args: argparse.Namespace) -> int:
     for src, dst in pairs:
         try:
             image = load_photo(src, args.max_pixels, args.allow_anonymized)
-            pending.append(PhotoItem(src, dst, image, finder.find(image, str(src))))
+            pending.append(PhotoItem(src, dst, image, finder.find(image, str(src), regions)))
         except NoFaceError as exc:
             if args.keep_faceless:
                 save_image(dst, image)  # pixels only: no metadata of the input
