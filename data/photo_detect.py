@@ -30,6 +30,7 @@ import numpy as np
 
 from faceveil.data.faces import Face, FaceDetector, sort_faces
 from faceveil.data.photo_cover import COVERS
+from faceveil.data.photo_mask import DEFAULT_MASK_EXTENT, MASK_EXTENTS
 from faceveil.data.photo_regions import MANUAL
 from faceveil.errors import InputError
 
@@ -53,21 +54,25 @@ def pyramid_scales(hw: tuple[int, int], tile: int) -> list[float]:
     return scales
 
 
-def tiles(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of windows of ``tile`` covering ``[0, length)``, consecutive windows sharing ``overlap``."""
+def tiles(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """``(starts, side)``: the fewest windows of at most ``tile`` covering ``[0, length)`` with
+    neighbours sharing at least ``overlap``, all of one side and evenly spread."""
     if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    return starts + [length - tile]
+        return [0], length
+    n = -(-(length - overlap) // (tile - overlap))
+    side = -(-(length + (n - 1) * overlap) // n)
+    return [round(i * (length - side) / (n - 1)) for i in range(n)], side
 
 
 def _windows(hw: tuple[int, int], tile: int) -> Iterator[tuple[int, int, int, int]]:
-    h, w = hw
-    overlap = tile // 4  # faces up to a quarter tile lie whole in some tile; larger ones on a coarser level
-    for y in tiles(h, tile, overlap):
-        for x in tiles(w, tile, overlap):
-            yield y, x, min(y + tile, h), min(x + tile, w)
+    # Faces up to the overlap lie whole in some window; a larger one is whole on a coarser level
+    # (where it is at most twice smaller), and its pieces cut by the windows are merged away.
+    overlap = tile // 8
+    ys, sh = tiles(hw[0], tile, overlap)
+    xs, sw = tiles(hw[1], tile, overlap)
+    for y in ys:
+        for x in xs:
+            yield y, x, y + sh, x + sw
 
 
 def _placed(face: Face, offset: tuple[int, int], scale: tuple[float, float]) -> Face:
@@ -135,12 +140,15 @@ class FacePolicy:
     min_face: float = DEFAULT_MIN_FACE
     leave_small: bool = False
     faces: str = "all"
+    mask_extent: str = DEFAULT_MASK_EXTENT
 
     def __post_init__(self) -> None:
         if self.faces not in PHOTO_FACE_POLICIES:
             raise InputError(f"unknown face policy {self.faces!r}; choose one of {', '.join(PHOTO_FACE_POLICIES)}")
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mask_extent not in MASK_EXTENTS:
+            raise InputError(f"unknown mask extent {self.mask_extent!r}; choose one of {', '.join(MASK_EXTENTS)}")
         if self.cover not in COVERS:
             raise InputError(f"unknown cover {self.cover!r}; choose one of {', '.join(COVERS)}")
 

@@ -98,7 +98,7 @@ def plan_faces(photo: np.ndarray, faces: Sequence[Face], size: int, policy: Face
         if treatment == "diffusion":
             try:
                 pf.matrix = ffhq_matrix(f.landmarks5, size)
-                pf.mask = crop_mask(f, pf.matrix, warp_face(photo, pf.matrix, size))
+                pf.mask = crop_mask(f, pf.matrix, warp_face(photo, pf.matrix, size), policy.mask_extent)
                 if pf.region(hw) is None:
                     raise ValueError("its mask does not reach the photo")
             except ValueError as exc:

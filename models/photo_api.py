@@ -2,14 +2,15 @@
 
 ::
 
-    from faceveil.keys import SecretKey
+    from faceveil.keys import SecretKey, load_key, save_key
     from faceveil.models.photo_api import anonymize_photo, recover_photo
 
     key = SecretKey.generate()
+    save_key(key, "me.key")  # without the key file nothing comes back
     result = anonymize_photo("group.jpg", key, backbone="tiny", output="group_anon.png")
-    result.image            # (H, W, 3) uint8, every face replaced
-    [f.bbox for f in result.faces]
-    original = recover_photo("group_anon.png", key)
+    result.image            # (H, W, 3) uint8, every face replaced or covered
+    [(f.bbox, f.treatment) for f in result.faces]
+    original = recover_photo("group_anon.png", load_key("me.key"))
 
 :class:`PhotoFinder` is the detection half (detector, face policy, alignment
 and masks) that the command line shares.
@@ -30,6 +31,7 @@ from faceveil.data.photo_detect import DEFAULT_TILE, FacePolicy, NoFaceError, de
 from faceveil.data.photo_regions import with_regions
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, load_key
+from faceveil.machine import apply_threads, default_backbone
 from faceveil.models.backbones import Backbone, load_backbone
 from faceveil.models.photo import PhotoAnonymizer, PhotoFace, VeiledPhoto, native_size, plan_faces
 from faceveil.models.pipeline import Anonymizer
@@ -85,19 +87,24 @@ def _backbone(backbone: str | Backbone) -> Backbone:
 def anonymize_photo(
     photo: np.ndarray | str | os.PathLike[str],
     key: SecretKey | str | os.PathLike[str],
-    backbone: str | Backbone = "tiny",
+    backbone: str | Backbone | None = None,
     settings: Settings | None = None,
     detector: str | FaceDetector = DEFAULT_DETECTOR,
     policy: FacePolicy | None = None,
     output: str | os.PathLike[str] | None = None,
+    regions: Sequence[np.ndarray] = (),
+    threads: int | None = None,
 ) -> VeiledPhoto:
     """Anonymize every face of ``photo`` (an RGB uint8 array or a path). ``result.image`` is the
     anonymized photo, ``result.faces`` the face records, each with its ``treatment``; ``output``
-    also writes the file."""
+    also writes the file. ``backbone`` defaults as the CLI's does ($FACEVEIL_BACKBONE, else
+    sd2-inpaint), ``threads`` too (the CPUs other processes leave idle); ``regions`` are faces
+    given by hand, boxes (x0, y0, x1, y1)."""
+    apply_threads(threads)
     key = _key(key)
-    bb = _backbone(backbone)
+    bb = _backbone(backbone or default_backbone())
     image = _image(photo)
-    planned = PhotoFinder(native_size(bb), detector, policy).find(image, None if isinstance(photo, np.ndarray) else str(photo))
+    planned = PhotoFinder(native_size(bb), detector, policy).find(image, None if isinstance(photo, np.ndarray) else str(photo), regions)
     [result] = PhotoAnonymizer(Anonymizer(bb, settings)).anonymize([(image, planned)], key)
     if output is not None:
         save_result(output, result, key)
@@ -118,8 +125,9 @@ def save_result(path: str | os.PathLike[str], result: VeiledPhoto, key: SecretKe
 
 
 def recover_photo(photo: VeiledPhoto | str | os.PathLike[str], key: SecretKey | str | os.PathLike[str],
-                  backbone: str | Backbone | None = None) -> np.ndarray:
+                  backbone: str | Backbone | None = None, threads: int | None = None) -> np.ndarray:
     """The original photo from an anonymized file (or :class:`VeiledPhoto`) and the key."""
+    apply_threads(threads)
     key = _key(key)
     if not isinstance(photo, VeiledPhoto):
         from faceveil.photofile import read_photo

@@ -247,3 +247,16 @@ def test_mixed_diffusion_and_covers_in_one_photo(photo_tools):
     assert all(f.veiled is not None for f in faces if f.treatment == "diffusion")
     # Until the v3 format seals covered regions, recovery gives the photo back with its covers on.
     assert np.array_equal(photo_tools.recover([vp], key)[0], cover_faces(t1, faces))
+
+
+@pytest.mark.parametrize("length", [777, 1536, 1537, 3000, 6000, 10000])
+def test_tiles_cover_the_photo_with_the_overlap_and_no_more_than_the_tile(length):
+    from faceveil.data.photo_detect import tiles
+
+    starts, side = tiles(length, 1536, 192)
+    cover = np.zeros(length, int)
+    for s in starts:
+        cover[s : s + side] += 1
+    assert cover.min() >= 1 and side <= 1536 and starts[0] == 0 and starts[-1] + side == length
+    assert all(starts[i] + side - starts[i + 1] >= 192 for i in range(len(starts) - 1))
+    assert sum(cover) <= 1.25 * length or length <= 1536  # the overlap costs at most a quarter more

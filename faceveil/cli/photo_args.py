@@ -14,6 +14,7 @@ def add_face_args(g: argparse._ArgumentGroup) -> None:
     from faceveil.data.backends import DETECTORS
     from faceveil.data.photo_cover import COVERS
     from faceveil.data.photo_detect import DEFAULT_MIN_FACE, DEFAULT_TILE, METHODS, PHOTO_FACE_POLICIES
+    from faceveil.data.photo_mask import DEFAULT_MASK_EXTENT, MASK_EXTENTS
 
     g.add_argument("--method", choices=METHODS, default="diffusion",
                    help="what every face gets: a keyed synthetic face (diffusion, default) or an irreversible cover")
@@ -26,6 +27,9 @@ def add_face_args(g: argparse._ArgumentGroup) -> None:
                    help="leave faces under --min-face as they were (the run then exits 1 and names them)")
     g.add_argument("--faces", choices=PHOTO_FACE_POLICIES, default="all",
                    help="treat all faces (default), or only the largest and leave the others (the run then exits 1)")
+    g.add_argument("--mask-extent", choices=tuple(MASK_EXTENTS), default=DEFAULT_MASK_EXTENT,
+                   help="what the diffusion replaces: face (default: skin from the jaw line to the hairline, and the "
+                   "ears) or head (also the hair around the face)")
     g.add_argument("--region", action="append", default=[], metavar="X,Y,W,H",
                    help="a face given by hand, in pixels (repeatable); it gets a cover")
     g.add_argument("--regions", type=Path, metavar="FILE.json",
@@ -40,7 +44,7 @@ def add_face_args(g: argparse._ArgumentGroup) -> None:
 def face_policy(args: argparse.Namespace):
     from faceveil.data.photo_detect import FacePolicy
 
-    return FacePolicy(args.method, args.cover, args.min_face, args.leave_small, args.faces)
+    return FacePolicy(args.method, args.cover, args.min_face, args.leave_small, args.faces, args.mask_extent)
 
 
 def hand_regions(args: argparse.Namespace) -> list[np.ndarray]:

@@ -1,0 +1,45 @@
+"""First use: a torch/torchvision mismatch is one line with the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from faceveil.cli import main
+
+
+@pytest.mark.parametrize(
+    ("torch", "vision", "bad"),
+    [("2.14.1", "0.29.1", False), ("2.5.1+cpu", "0.20.1+cpu", False), ("2.5.1", "0.19.0", True),
+     ("2.5.1+cpu", "0.20.1+cu121", True), ("3.0.0", "1.0.0", False), (None, "0.20.1", False)],
+)
+def test_version_pairs(torch, vision, bad):
+    from faceveil.cli.torch_check import mismatch
+
+    assert (mismatch(torch, vision) is not None) == bad
+
+
+def test_a_mismatched_pair_is_one_line_with_the_fix(monkeypatch, capsys, tmp_path):
+    import faceveil.cli.torch_check as tc
+
+    monkeypatch.setattr(tc, "_version", {"torch": "2.5.1", "torchvision": "0.19.0"}.get)
+    assert main(["anonymize", str(tmp_path / "x.jpg"), "-o", str(tmp_path / "o"), "--key", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch 2.5.1 and torchvision 0.19.0 do not match" in err[0]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in err[0]
+    # The error a mismatched pair raises deep inside an import: the same one line, no traceback.
+    import faceveil.cli as cli
+
+    def broken(args):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    real = cli.build_parser
+
+    def patched():
+        p = real()
+        p._subparsers._group_actions[0].choices["keygen"].set_defaults(func=broken)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    assert main(["keygen", "-o", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torchvision does not match the installed torch" in err[0]
