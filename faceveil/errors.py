@@ -26,3 +26,16 @@ class TamperedError(FormatError):
 
 
 TAMPERED_EXIT = 3
+
+
+def escape(value: object, limit: int | None = 200) -> str:
+    """An untrusted value (a file name, a header field) for printing: one line, control and format
+    characters escaped (printable text, accents included, kept), length capped at ``limit``, so a
+    crafted name cannot move the cursor or forge an output line."""
+    import unicodedata
+
+    out = "".join(
+        ch if ch != "\\" and not unicodedata.category(ch).startswith("C") else ch.encode("unicode_escape").decode("ascii")
+        for ch in str(value)
+    )
+    return out if limit is None or len(out) <= limit else out[:limit] + "..."

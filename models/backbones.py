@@ -348,6 +348,8 @@ def build_backbone(name: str, random_weights: bool = True, seed: int = 0, source
         parts = layout.pretrained(src, local_files_only=local_files_only, prompt_embeds=prompt_embeds)
         spec = f"{name}:{src}"
     backbone = Backbone(name=name, spec=spec, **parts)
+    # Before any dtype cast, so the hash names the weights, not the precision they run in.
+    backbone.extra["base_sha256"] = weights_sha256(backbone)
     backbone.unet.eval()
     backbone.vae.eval()
     return backbone.requires_grad_(False)
@@ -382,6 +384,21 @@ def load_backbone(spec: str, device: torch.device | str | None = None, dtype: to
             backbone = build_backbone(name, random_weights=False, source=rest or None,
                                       local_files_only=local_files_only, prompt_embeds=prompt_embeds)
     return backbone.to(device=device, dtype=dtype)
+
+
+def weights_sha256(bb: Backbone) -> str:
+    """SHA-256 of the UNet's and the autoencoder's tensors (names, dtypes, shapes, bytes) and the
+    prompt embedding: two backbones of one name with other weights (another seed, another hub
+    revision) get other hashes."""
+    h = hashlib.sha256(b"faceveil/weights/v1\0")
+    for part, module in (("unet", bb.unet), ("vae", bb.vae)):
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    if bb.prompt_embeds is not None:
+        h.update(bb.prompt_embeds.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

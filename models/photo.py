@@ -84,6 +84,7 @@ class VeiledPhoto:
     sealed_residual: bytes | None
     authenticated: bool | None = None  # set by readers
     meta: dict[str, object] = field(default_factory=dict)
+    original: np.ndarray | None = None  # the input photo, in memory only: files seal its face regions
 
 
 def plan_faces(photo: np.ndarray, faces: Sequence[Face], size: int, policy: FacePolicy | None = None) -> list[PhotoFace]:
@@ -125,6 +126,7 @@ def treatment_summary(faces: Sequence[PhotoFace]) -> str:
 
 @dataclass
 class _Job:
+    original: np.ndarray  # the input photo
     photo: np.ndarray  # the photo with its covers already on
     all_faces: list[PhotoFace]
     faces: list[PhotoFace]  # those the diffusion takes
@@ -155,15 +157,15 @@ class PhotoAnonymizer:
 
     def _crops(self, items: list[tuple[np.ndarray, list[PhotoFace]]]) -> list[_Job]:
         jobs = []
-        for photo, all_faces in items:
-            photo = cover_faces(photo, all_faces)
+        for original, all_faces in items:
+            photo = cover_faces(original, all_faces)
             faces = [f for f in all_faces if f.treatment == "diffusion"]
             regions = [f.region(photo.shape[:2]) for f in faces]
             if any(r is None for r in regions):
                 raise InputError("a face's mask does not reach the photo")
             context = context_photo(photo, regions)
             crops = [face_crop(photo, context, f.matrix, f.mask) for f in faces]
-            jobs.append(_Job(photo, list(all_faces), faces, regions, context, crops))
+            jobs.append(_Job(original, photo, list(all_faces), faces, regions, context, crops))
         return jobs
 
     def anonymize(self, items: Sequence[tuple[np.ndarray, list[PhotoFace]]], key: SecretKey) -> list[VeiledPhoto]:
@@ -193,7 +195,7 @@ class PhotoAnonymizer:
                 paste_face(rebuilt, crop, f.matrix, r)
             nonce = new_nonce()
             sealed = seal_photo_residual(job.photo, rebuilt, job.regions, key, nonce) if job.faces else None
-            out.append(VeiledPhoto(image, job.all_faces, nonce, sealed))
+            out.append(VeiledPhoto(image, job.all_faces, nonce, sealed, original=job.original))
         return out
 
     def recover(self, photos: Sequence[VeiledPhoto], key: SecretKey, force: bool = False) -> list[np.ndarray]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from faceveil.data.faces import FaceDetector
-from faceveil.data.photo_detect import DEFAULT_TILE, FacePolicy, NoFaceError, detect_in_photo
+from faceveil.data.photo_detect import DEFAULT_TILE, LEFT, FacePolicy, NoFaceError, detect_in_photo
 from faceveil.data.photo_regions import with_regions
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, load_key
@@ -111,25 +111,35 @@ def anonymize_photo(
     return result
 
 
-def save_result(path: str | os.PathLike[str], result: VeiledPhoto, key: SecretKey) -> Path:
-    """Atomically write an anonymized photo. Until the v3 file format records covered faces, the
-    file holds the diffusion faces' records (their recovery gives the photo back with the covers
-    on); a photo with covered faces only is written as a plain PNG, nothing to recover."""
+def save_result(path: str | os.PathLike[str], result: VeiledPhoto, key: SecretKey, **options: object) -> Path:
+    """Atomically write an anonymized photo (version 3: every changed face region's original pixels
+    sealed, diffusion and covers alike; ``options`` as :func:`faceveil.photofile.write_photo`'s).
+    Faces left as they were (only on request) changed nothing and have no record; a photo with
+    no changed face is written as pixels only."""
     from faceveil.data.images import save_image
     from faceveil.photofile import write_photo
 
-    diffused = [f for f in result.faces if f.treatment == "diffusion"]
-    if not diffused:
+    changed = [f for f in result.faces if f.treatment != LEFT]
+    if not changed:
         return save_image(path, result.image)
-    return write_photo(path, dataclasses.replace(result, faces=diffused), key)
+    return write_photo(path, dataclasses.replace(result, faces=changed), key, **options)
 
 
 def recover_photo(photo: VeiledPhoto | str | os.PathLike[str], key: SecretKey | str | os.PathLike[str],
                   backbone: str | Backbone | None = None, threads: int | None = None) -> np.ndarray:
-    """The original photo from an anonymized file (or :class:`VeiledPhoto`) and the key."""
+    """The original photo from an anonymized file (or :class:`VeiledPhoto`) and the key.
+
+    A version 3 file (what :func:`anonymize_photo` writes) opens with the key alone, loads no
+    model and is checked against the sealed digest of the original; version 2 files and
+    in-memory results are replayed through ``backbone`` (default: the one recorded)."""
     apply_threads(threads)
     key = _key(key)
     if not isinstance(photo, VeiledPhoto):
+        from faceveil.fileformat import read_header
+        from faceveil.fileformat.original import has_sidecar, open_original
+
+        if has_sidecar(photo) or (read_header(photo) or {}).get("version") == 3:
+            return open_original(photo, key).image
         from faceveil.photofile import read_photo
 
         photo = read_photo(Path(photo), key)

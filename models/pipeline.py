@@ -50,6 +50,8 @@ class Veiled:
     background_intact: bool = True  # the file's pixels match the hash its header records
     adapter_name: str | None = None  # the adapter's folder name, recorded with its hash
     key_fingerprint: str | None = None  # version 1 files only: the key's global fingerprint
+    original: np.ndarray | None = None  # (H, W, 3) uint8 input, in memory only: files seal its masked pixels
+    base_sha256: str | None = None  # hash of the base weights (Backbone.extra["base_sha256"])
 
     def key_matches(self, key: SecretKey) -> bool:
         """Whether ``key`` is the one this image was anonymized with (by its check value)."""
@@ -314,6 +316,8 @@ class Anonymizer:
                 state=out[i].cpu(),
                 sealed_residual=sealed[i],
                 compute=dict(compute),
+                original=np.asarray(images[i], dtype=np.uint8),
+                base_sha256=(bb.extra or {}).get("base_sha256"),
             )
             for i in range(len(images))
         ]

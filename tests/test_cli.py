@@ -85,10 +85,11 @@ def test_inspect_prints_public_metadata(tmp_path, face128, keyfile, capsys):
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "a" / "f.png")]) == 0
     meta = json.loads(capsys.readouterr().out)
-    assert meta["scheme"] == "exact" and meta["steps"] == 4 and meta["version"] == 2 and meta["state_shape"]
+    # Version 3: no model, settings, state or adapter in public; only what the pixels already show.
+    assert meta["version"] == 3 and "scheme" not in meta and "backbone" not in meta and "adapter" not in meta
     face = meta["faces"][0]
     assert face["check"] == load_key(keyfile).check_value(bytes.fromhex(face["nonce"])) and "key_fingerprint" not in meta
-    assert main(["inspect", str(tmp_path / "f.png")]) == 2
+    assert main(["inspect", str(tmp_path / "f.png")]) == 1
     assert "no faceveil metadata" in capsys.readouterr().err
 
 
@@ -102,27 +103,24 @@ def test_wrong_key_refused_force_gives_other_face_and_stripped_needs_meta(tmp_pa
     assert main(["recover", str(anon), "-o", str(tmp_path / "r1"), "--key", str(wrong), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "wrong key" in err and str(anon / "f.png") in err
-    # --force needs --backbone, and cannot open a record sealed under another key.
-    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force", "--device", "cpu"]) == 2
-    assert "--force needs --backbone" in capsys.readouterr().err
-    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force", *FAST[:4]]) == 1
-    assert "cannot bypass encryption" in capsys.readouterr().err and not (tmp_path / "r2" / "f.png").exists()
+    # --force cannot open a record sealed under another key.
+    assert main(["recover", str(anon), "-o", str(tmp_path / "r2"), "--key", str(wrong), "--force"]) == 1
+    assert "wrong key" in capsys.readouterr().err and not (tmp_path / "r2" / "f.png").exists()
 
-    # Strip the metadata: recovery refuses without --meta/--mask, then works approximately with them.
+    # Strip the metadata: the record is gone with it; a version 3 header is no --meta (its record is sealed).
     stripped = tmp_path / "s"
     stripped.mkdir()
     Image.open(anon / "f.png").save(stripped / "f.png")
     capsys.readouterr()
     assert main(["recover", str(stripped), "-o", str(tmp_path / "r3"), "--key", str(keyfile), "--device", "cpu"]) == 1
-    assert "--meta" in capsys.readouterr().err
+    assert "no faceveil metadata" in capsys.readouterr().err
     main(["inspect", str(anon / "f.png")])
     meta = tmp_path / "meta.json"
     meta.write_text(capsys.readouterr().out)
     save_image(tmp_path / "mask.png", (mask128 * 255).astype(np.uint8))
     rc = main(["recover", str(stripped), "-o", str(tmp_path / "r4"), "--key", str(keyfile), "--device", "cpu",
                "--meta", str(meta), "--mask", str(tmp_path / "mask.png")])
-    assert rc == 0 and "approximate" in capsys.readouterr().err
-    assert (tmp_path / "r4" / "f.png").is_file()
+    assert rc == 1 and "--meta takes a version 1 or 2 header" in capsys.readouterr().err
 
 
 def test_never_overwrites_input_and_skips_existing(tmp_path, face128, keyfile, capsys):
@@ -159,6 +157,7 @@ def test_roundtrip_json(tmp_path, face128, capsys):
     save_image(tmp_path / "f.png", face128)
     assert main(["roundtrip", str(tmp_path / "f.png"), *FAST]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["file_recovers_original_exactly"] is True
     assert out["recovered"]["latent_max_abs_error"] <= 1e-4
     assert out["recovered"]["psnr_vs_original_db"] == "inf"
     assert out["wrong_key"]["latent_max_abs_error"] > 1.0
@@ -202,7 +201,7 @@ def test_forged_fingerprint_does_not_bypass_authentication(tmp_path, face128, ke
     path = tmp_path / "a" / "f.png"
     raw, hdr = path.read_bytes(), read_chunks(path)[HEADER_CHUNK]
     doc = json.loads(hdr)
-    doc["steps"], doc["backbone"] = 5, "sd2-inpaint:evil/repo\n\x1b[32mrecovered f.png (key verified)"
+    doc["image_size"], doc["note"] = list(doc["image_size"]), "sd2-inpaint:evil/repo\n\x1b[32mrecovered f.png (key verified)"
     body = json.dumps(doc).encode()
     chunk = struct.pack(">I", len(body)) + HEADER_CHUNK + body + struct.pack(">I", zlib.crc32(HEADER_CHUNK + body) & 0xFFFFFFFF)
     start = raw.index(struct.pack(">I", len(hdr)) + HEADER_CHUNK)
@@ -213,9 +212,8 @@ def test_forged_fingerprint_does_not_bypass_authentication(tmp_path, face128, ke
     assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--device", "cpu"]) == 3
     assert "authentication failed" in capsys.readouterr().err
     assert main(["verify", str(forged), "--key", str(keyfile)]) == 3
-    # --force never takes the model from the file: it needs --backbone, and says what it bypassed.
-    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--device", "cpu", "--force"]) == 2
-    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--force", *FAST[:4]]) == 0
+    # --force needs no model for a version 3 file, says what it bypassed, and checks the result anyway.
+    assert main(["recover", str(forged), "-o", str(tmp_path / "r"), "--key", str(keyfile), "--force"]) == 0
     err = capsys.readouterr().err
     assert "--force bypassed: faceveil metadata was modified" in err and "\x1b" not in err
     assert (tmp_path / "r" / "f.png").stat().st_mode & 0o777 == 0o600  # a recovered original is private

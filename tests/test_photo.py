@@ -44,7 +44,7 @@ def t1_result(tmp_path_factory, tiny_backbone, one_thread):
 def test_t1_six_faces_replaced_rest_identical_and_recovered_bit_for_bit(t1_result, tiny_backbone):
     from faceveil.data.detect_centerface import CenterFaceDetector
     from faceveil.models.photo_api import recover_photo
-    from faceveil.photofile import read_photo
+    from faceveil.fileformat import read_file
 
     key, path, result = t1_result
     original = load_image(sample_photo_path("t1_group"))
@@ -57,10 +57,13 @@ def test_t1_six_faces_replaced_rest_identical_and_recovered_bit_for_bit(t1_resul
         x0, y0, x1, y1 = f.bbox.astype(int)
         cx0, cx1, cy0, cy1 = x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4, y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 4
         assert changed[cy0:cy1, cx0:cx1].mean() > 0.8
-    # From the file: authenticated, then the whole photo back bit for bit.
-    vp = read_photo(path, key)
-    assert vp.authenticated and vp.meta["pixels_intact"] and np.array_equal(vp.image, result.image)
-    assert np.array_equal(recover_photo(path, key, backbone=tiny_backbone), original)
+    # From the file: authenticated, then the whole photo back bit for bit, with no model at all.
+    vf = read_file(path, key)
+    assert vf.authenticated and vf.pixels_intact and vf.exact and np.array_equal(vf.image, result.image)
+    assert [f.treatment for f in vf.faces] == ["diffusion"] * 6 and vf.model["backbone"] == "tiny"
+    assert np.array_equal(recover_photo(path, key), original)
+    # The in-memory result still replays exactly through the model (what version 2 files did).
+    assert np.array_equal(recover_photo(result, key, backbone=tiny_backbone), original)
 
 
 def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, capsys):
@@ -70,9 +73,8 @@ def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, ca
 
     from faceveil.cli import main
     from faceveil.errors import KeyMismatchError, TamperedError
-    from faceveil.fileformat import read_chunks
+    from faceveil.fileformat import read_chunks, read_file
     from faceveil.keys import save_key
-    from faceveil.photofile import read_photo
 
     key, path, result = t1_result
     original = load_image(sample_photo_path("t1_group"))
@@ -82,11 +84,13 @@ def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, ca
     assert (tmp_path / "rec" / "t1.png").stat().st_mode & 0o777 == 0o600
     assert main(["inspect", str(path)]) == 0
     header = json.loads(capsys.readouterr().out)
-    assert len(header["faces"]) == 6 and header["photo"] is not None and "affine" not in json.dumps(header)
+    assert len(header["faces"]) == 6 and header["version"] == 3
+    # Public: sizes, nonces, check values, hashes of what is public. No model, adapter, box or transform.
+    assert set(header) == {"format", "version", "faceveil_version", "image_size", "pixels_sha256", "faces", "file", "payload_sha256"}
     with pytest.raises(KeyMismatchError):
-        read_photo(path, SecretKey.generate())
+        read_file(path, SecretKey.generate())
     with pytest.raises(KeyMismatchError):  # force cannot open records sealed under another key
-        read_photo(path, SecretKey.generate(), force=True)
+        read_file(path, SecretKey.generate(), force=True)
     # Pixels edited after anonymization (faceveil chunks kept) are refused, or recovered with a note under force.
     chunks = read_chunks(path)
     info = PngImagePlugin.PngInfo()
@@ -94,12 +98,16 @@ def test_cli_recover_inspect_wrong_key_and_edited_pixels(t1_result, tmp_path, ca
         info.add(ctype, body)
     edited = result.image.copy()
     edited[0, 0] ^= 1
-    Image.fromarray(edited).save(tmp_path / "e.png", pnginfo=info)
+    (tmp_path / "pub").mkdir()
+    Image.fromarray(edited).save(tmp_path / "pub" / "e.png", pnginfo=info)
     with pytest.raises(TamperedError):
-        read_photo(tmp_path / "e.png", key)
-    vp = read_photo(tmp_path / "e.png", key, force=True)
-    assert any("pixels" in b for b in vp.meta["bypassed"])
-    assert main(["recover", str(tmp_path / "e.png"), "-o", str(tmp_path / "rec2"), "--key", str(keyfile), "--device", "cpu"]) == 3
+        read_file(tmp_path / "pub" / "e.png", key)
+    vf = read_file(tmp_path / "pub" / "e.png", key, force=True)
+    assert any("pixels" in b for b in vf.bypassed) and not vf.exact
+    assert main(["recover", str(tmp_path / "pub" / "e.png"), "-o", str(tmp_path / "rec2"), "--key", str(keyfile)]) == 3
+    # Forced, it is written with each bypassed check named, and the run still fails: it is not the original.
+    assert main(["recover", str(tmp_path / "pub" / "e.png"), "-o", str(tmp_path / "rec3"), "--key", str(keyfile), "--force"]) == 1
+    assert (tmp_path / "rec3" / "e.png").exists() and "NOT the original" in capsys.readouterr().err
 
 
 def test_overlapping_faces_and_a_face_cut_by_the_border(tiny_backbone, photo_tools, one_thread):
@@ -209,30 +217,37 @@ def test_face_policy_covers_what_the_diffusion_cannot_take_and_leaves_only_on_re
 
 
 @pytest.mark.parametrize("method", ["blur", "pixelate", "box"])
-def test_covered_faces_change_every_face_and_nothing_outside_their_regions(method):
+def test_covered_faces_change_every_face_nothing_outside_and_recover_exactly(method, tmp_path):
     import cv2
 
     from faceveil.data.photo_detect import FacePolicy
     from faceveil.models.photo import PhotoAnonymizer
-    from faceveil.models.photo_api import PhotoFinder
+    from faceveil.models.photo_api import PhotoFinder, recover_photo, save_result
 
     t1 = load_image(sample_photo_path("t1_group"))
     thumb = cv2.resize(t1, None, fx=1 / 8, fy=1 / 8, interpolation=cv2.INTER_AREA)  # faces of 12-14 px
     faces = PhotoFinder(0, policy=FacePolicy(cover=method)).find(thumb)
     assert [f.treatment for f in faces] == [method] * 6 and all(f.veiled is None for f in faces)
-    [vp] = PhotoAnonymizer(None).anonymize([(thumb, faces)], SecretKey.generate())
+    key = SecretKey.generate()
+    [vp] = PhotoAnonymizer(None).anonymize([(thumb, faces)], key)
     changed = (vp.image != thumb).any(-1)
     inside = region_mask(faces, thumb.shape[:2])
     assert not (changed & ~inside).any()
     for f in faces:  # the face's own box is changed nearly everywhere
         x0, y0, x1, y1 = np.rint(f.bbox).astype(int)
         assert changed[y0:y1, x0:x1].mean() > 0.75, (method, f.index)
+    # Covers are irreversible in the picture; the file seals what they hid, for the key alone.
+    path = save_result(tmp_path / "thumb.png", vp, key)
+    assert np.array_equal(recover_photo(path, key), thumb)
+    assert not np.array_equal(recover_photo(path, key), vp.image)
 
 
-def test_mixed_diffusion_and_covers_in_one_photo(photo_tools):
+def test_mixed_diffusion_and_covers_in_one_photo_recover_exactly_from_the_file(photo_tools, tmp_path):
     from faceveil.data.detect_centerface import CenterFaceDetector
     from faceveil.data.photo_detect import FacePolicy
+    from faceveil.fileformat import read_file
     from faceveil.models.photo import cover_faces, plan_faces, treatment_summary
+    from faceveil.models.photo_api import recover_photo, save_result
 
     t1 = load_image(sample_photo_path("t1_group"))
     found = CenterFaceDetector().detect(t1)
@@ -245,8 +260,12 @@ def test_mixed_diffusion_and_covers_in_one_photo(photo_tools):
     changed = (vp.image != t1).any(-1)
     assert not (changed & ~region_mask(faces, t1.shape[:2])).any()
     assert all(f.veiled is not None for f in faces if f.treatment == "diffusion")
-    # Until the v3 format seals covered regions, recovery gives the photo back with its covers on.
+    # Replayed through the model, the diffusion faces come back and the covers stay on ...
     assert np.array_equal(photo_tools.recover([vp], key)[0], cover_faces(t1, faces))
+    # ... while the v3 file seals every changed region's original pixels: the key alone gives it all back.
+    path = save_result(tmp_path / "mixed.png", vp, key)
+    assert np.array_equal(recover_photo(path, key), t1)
+    assert [f.treatment for f in read_file(path, key).faces] == [f.treatment for f in faces]
 
 
 @pytest.mark.parametrize("length", [777, 1536, 1537, 3000, 6000, 10000])

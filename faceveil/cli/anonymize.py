@@ -9,6 +9,7 @@ are already aligned face crops, as the diffusion backbone sees them.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="implies --aligned: a one-channel face mask (white = face) or a folder of masks named NAME_mask.png "
         "or NAME.mask.png; default: an ellipse",
     )
+    f = p.add_argument_group("output file")
+    f.add_argument("--record", choices=("embedded", "sidecar"), default="embedded",
+                   help="where the sealed recovery record goes: inside the PNG (default), or a NAME.fvrec file beside "
+                   "the image, so the published image can be any format")
+    f.add_argument("--image-format", choices=("png", "jpg", "webp"), default="png",
+                   help="format of the published image (jpg and webp need --record sidecar; lossy, so recovery "
+                   "restores the faces exactly and leaves the rest as published)")
+    f.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG/WebP quality (default 95; 100 is lossless WebP)")
+    f.add_argument("--keep-original-file", action="store_true",
+                   help="also seal the input file's bytes (EXIF and all), so recovery gives back the camera's file with "
+                   "its SHA-256; the sealed part then grows by the input's size")
     add_scheme_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
+
+
+def output_suffix(args: argparse.Namespace) -> str:
+    from faceveil.errors import InputError
+
+    if args.image_format != "png" and args.record != "sidecar":
+        raise InputError(f"--image-format {args.image_format} needs --record sidecar: only a PNG can hold the record")
+    return "." + args.image_format
+
+
+def record_options(args: argparse.Namespace, src: Path | str) -> dict:
+    """Keyword arguments of the file writers for one input: record placement, quality, original file."""
+    original = None
+    if args.keep_original_file and isinstance(src, Path):
+        original = src.read_bytes()
+    return {"record": args.record, "quality": args.quality, "original_file": original,
+            "original_suffix": src.suffix.lower()[:16] if original is not None else None}
 
 
 ITEMS_IN_FLIGHT = 64  # aligned crops held in memory at once
@@ -81,7 +110,7 @@ def _prepared_items(args: argparse.Namespace, report: Report):
     for folder in args.inputs:
         try:
             for s in iter_prepared(folder):
-                dst = args.output / f"{s.key}.png"
+                dst = args.output / f"{s.key}{output_suffix(args)}"
                 if dst.exists() and not args.overwrite:
                     report.note(f"{dst}: exists, skipped (use --overwrite)")
                     report.skipped += 1
@@ -107,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.data.prepared import is_prepared_folder
 
     check_output_folder(args.inputs, args.output)
+    output_suffix(args)  # an impossible format choice fails before any work
     prepared = [is_prepared_folder(i) for i in args.inputs]
     if any(prepared) and not all(prepared):
         from faceveil.errors import InputError
@@ -136,7 +166,8 @@ def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
 
         items, total = _prepared_items(args, report), sum(prepared_count(f) for f in args.inputs)
     else:
-        pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, skip=mask_file_of(args)))
+        pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, skip=mask_file_of(args),
+                                     suffix=output_suffix(args)))
         items, total = _file_items(args, report, pairs), len(pairs)
     anonymizer, bar = None, None
     writer = Writer(report)
@@ -159,7 +190,8 @@ def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
                     report.fail(it.src, exc)
                 veiled = []
             for it, v in zip(batch, veiled):
-                writer.submit(it.src, write_veiled, it.dst, v, key)  # overlaps the next batch
+                # Written on a worker thread, overlapping the next batch.
+                writer.submit(it.src, functools.partial(write_veiled, **record_options(args, it.src)), it.dst, v, key)
             settle(bar, start, len(batch))
     writer.close()
     if bar is not None:

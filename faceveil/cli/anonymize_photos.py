@@ -46,11 +46,12 @@ def run_photos(args: argparse.Namespace) -> int:
     from faceveil.models.photo import PhotoAnonymizer, treatment_summary
     from faceveil.models.photo_api import PhotoFinder, save_result
     from faceveil.models.pipeline import Anonymizer
+    from faceveil.cli.anonymize import output_suffix, record_options
 
     quiet_libraries()
     report = Report("anonymize")
     key = load_key(args.key)
-    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
+    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, suffix=output_suffix(args)))
     if not pairs:
         return report.finish("anonymized", args.output)
     policy = face_policy(args)
@@ -79,9 +80,9 @@ def run_photos(args: argparse.Namespace) -> int:
             veiled = []
         for it, vp in zip(pending, veiled):
             try:
-                save_result(it.dst, vp, key)
+                save_result(it.dst, vp, key, **record_options(args, it.src))
                 report.ok += 1
-            except (FaceveilError, OSError) as exc:
+            except (FaceveilError, OSError, ValueError) as exc:
                 report.fail(it.src, exc)
                 continue
             report.note(f"{it.src}: {treatment_summary(vp.faces)}")

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faceveil.errors import escape
 from faceveil.machine import apply_threads, default_backbone, default_threads  # noqa: F401 - the CLI's names
 
 DEFAULT_BACKBONE = default_backbone()
@@ -118,10 +119,13 @@ class Report:
             self.tampered.append(str(path))
         msg = str(reason)
         prefix = f"{path}: "
-        print(f"faceveil {self.command}: {msg if msg.startswith(prefix) else prefix + msg}", file=sys.stderr, flush=True)
+        line = msg if msg.startswith(prefix) else prefix + msg
+        # File names and header strings are untrusted: a newline or an escape sequence in one
+        # must not forge an output line or reach the terminal.
+        print(f"faceveil {self.command}: {escape(line, None)}", file=sys.stderr, flush=True)
 
     def note(self, message: str) -> None:
-        print(f"faceveil {self.command}: {message}", file=sys.stderr, flush=True)
+        print(f"faceveil {self.command}: {escape(message, None)}", file=sys.stderr, flush=True)
 
     def finish(self, verb: str, outdir: Path) -> int:
         parts = [f"{verb} {self.ok}"]
@@ -130,7 +134,7 @@ class Report:
         parts.append(f"failed {len(self.failed)}")
         if self.left_visible:
             parts.append(f"with faces left visible {len(self.left_visible)}")
-        print(f"faceveil {self.command}: {', '.join(parts)} -> {outdir}", file=sys.stderr)
+        print(f"faceveil {self.command}: {', '.join(parts)} -> {escape(outdir, None)}", file=sys.stderr)
         return self.status()
 
     def status(self) -> int:
@@ -161,9 +165,12 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path | None]]:
     return out
 
 
-def check_output_folder(inputs: list[str], outdir: Path) -> None:
+def check_output_folder(inputs: list[str], outdir: Path, private: bool = False) -> None:
     """Refuse, before any work, an output folder that is an input folder or inside one, or
-    the folder of an input file: the outputs would become inputs of the next run."""
+    the folder of an input file: the outputs would become inputs of the next run.
+
+    ``private`` (recovered originals): also any folder inside an input file's folder, so an
+    original never lands among the files meant for publishing."""
     from faceveil.errors import InputError
 
     if Path(outdir).exists() and not Path(outdir).is_dir():
@@ -171,12 +178,10 @@ def check_output_folder(inputs: list[str], outdir: Path) -> None:
     out = Path(outdir).resolve()
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            folder = p.resolve()
-            if out == folder or folder in out.parents:
-                raise InputError(f"output folder {outdir} is the input folder {item} or inside it; choose another -o")
-        elif p.parent.resolve() == out:
-            raise InputError(f"output folder {outdir} is the folder of the input {item}; choose another -o")
+        folder = p.resolve() if p.is_dir() else p.parent.resolve()
+        if out == folder or ((p.is_dir() or private) and folder in out.parents):
+            what = "the input folder" if p.is_dir() else "the folder of the input"
+            raise InputError(f"output folder {outdir} is {what} {item} or inside it; choose an -o outside it")
 
 
 def is_mask_name(path: Path) -> bool:
@@ -184,7 +189,16 @@ def is_mask_name(path: Path) -> bool:
     return path.stem.endswith(("_mask", ".mask"))
 
 
-def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Report, skip=None):
+def _below(folder: Path, outdir: Path) -> list[Path]:
+    """The folders from ``outdir`` (exclusive) down to ``folder`` (inclusive)."""
+    try:
+        rel = folder.relative_to(outdir)
+    except ValueError:
+        return []
+    return [outdir.joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+
+
+def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Report, skip=None, suffix: str = ".png"):
     """Yield (input, output) pairs. Refuse an output that is any input or that two inputs
     would share; skip outputs that exist unless ``overwrite``, and inputs for which
     ``skip(path)`` is true. No input at all is a failure."""
@@ -194,9 +208,11 @@ def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Re
     input_paths = {src.resolve() for src, _ in pairs}
     taken: dict[Path, Path] = {}
     for src, root in pairs:
-        dst = output_path(src, root, outdir)
+        dst = output_path(src, root, outdir, suffix)
         real = dst.resolve()
-        if real in input_paths:
+        if any(p.is_symlink() for p in _below(dst.parent, Path(outdir))):
+            report.fail(src, f"output {dst} passes through a symbolic link under -o; faceveil does not follow it")
+        elif real in input_paths:
             report.fail(src, f"output {dst} would overwrite an input; choose another -o")
         elif real in taken:
             report.fail(src, f"output {dst} is also the output of {taken[real]}; rename one of them")

@@ -1,4 +1,10 @@
-"""faceveil recover INPUT... -o OUTDIR --key KEYFILE [--force] [--meta JSON_OR_DIR --mask MASK]"""
+"""faceveil recover INPUT... -o OUTDIR --key KEYFILE [--force] [--record FILE] [--meta JSON_OR_DIR --mask MASK]
+
+Version 3 files (everything faceveil writes) open with the key alone: no model is loaded,
+and the result is checked against the sealed digest of the original. Version 2 files are
+recovered by replaying the model, exact only on the kind of machine that made them; version 1
+files only with ``--allow-v1``.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--force",
         action="store_true",
         help="recover even when a file fails authentication (edited metadata, records or pixels); says what it "
-        "bypassed. Needs --backbone. Cannot open records sealed under another key",
+        "bypassed. Version 2 files then need --backbone. Cannot open records sealed under another key",
     )
     p.add_argument(
         "--meta",
@@ -41,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder of NAME.json (recovery then re-encodes the pixels and is approximate)",
     )
     p.add_argument("--mask", type=Path, help="with --meta: the face mask (file or folder), as given to anonymize")
+    p.add_argument("--record", type=Path, help="the sidecar record of a single published image (default: IMAGE.fvrec beside it)")
+    p.add_argument("--allow-v1", action="store_true",
+                   help="recover version 1 files (their pixels and settings were never authenticated)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_model_args(p, backbone_default=None)
     p.set_defaults(func=run)
@@ -67,11 +76,15 @@ class Loader:
     def load(self, src: Path):  # -> Veiled
         from faceveil.data.images import load_image
         from faceveil.errors import FormatError, KeyMismatchError, TamperedError
-        from faceveil.fileformat import header_authentic, read_file, read_header, veiled_from_file, veiled_from_header
+        from faceveil.fileformat import header_authentic, pixels_sha256, read_file, read_header, veiled_from_file, veiled_from_header
 
         args, key = self.args, self.key
         if read_header(src) is not None:
-            vf = read_file(src, key, force=args.force)
+            vf = read_file(src, key, force=args.force, allow_v1=args.allow_v1)
+            if vf.version == 1:
+                self.report.note(f"{src}: a version 1 file: recovered without authentication (--allow-v1)")
+            elif vf.version == 2:
+                self.report.note(f"{src}: {V2_NOTE}")
             for what in vf.bypassed:
                 self.report.note(f"{src}: --force bypassed: {what}")
             if not vf.records:
@@ -82,6 +95,9 @@ class Loader:
         if args.meta is None or args.mask is None:
             raise FormatError(f"{src}: no faceveil metadata (stripped or re-encoded?); give --meta and --mask to recover from pixels")
         header = self._meta_for(src)
+        if header.get("version") not in (1, 2):
+            raise FormatError(f"{src}: --meta takes a version 1 or 2 header; a version 3 file's record is sealed, "
+                              "so keep the file as written (or its .fvrec sidecar)")
         image = load_image(src)
         v = veiled_from_header(header, image, find_mask(src, args.mask, image.shape[:2]), None)
         v.authenticated = header_authentic(header, key)
@@ -91,8 +107,52 @@ class Loader:
             if not args.force:
                 raise TamperedError(f"{src}: the --meta header was modified (authentication failed; use --force to try anyway)")
             self.report.note(f"{src}: --force bypassed: the --meta header does not authenticate under this key")
+        if pixels_sha256(image) != header.get("pixels_sha256"):
+            what = "pixels differ from the anonymized ones (re-encoded or edited; a replaced face would recover as garbage)"
+            if not args.force:
+                raise TamperedError(f"{src}: {what}; --force recovers approximately anyway")
+            self.report.note(f"{src}: --force bypassed: {what}")
         self.report.note(f"{src}: no faceveil metadata; re-encoding the pixels with the given mask (approximate recovery)")
         return v
+
+
+V2_NOTE = ("a version 2 file: recovered by replaying the model, exact only on the kind of machine (device, kernels, "
+           "library versions) that made it, and nothing can check the result; re-anonymize originals to version 3")
+
+
+def recover_v3(src: Path, dst: Path, args: argparse.Namespace, key, report: Report) -> None:
+    """Open a version 3 file (or image + sidecar record) and write the original: no model, checked."""
+    from faceveil.data.images import atomic_write, save_image
+    from faceveil.fileformat.original import open_original
+
+    o = open_original(src, key, force=args.force, record=args.record)
+    for what in o.bypassed:
+        report.note(f"{src}: --force bypassed: {what}")
+    save_image(dst, o.image, mode=0o600)  # a recovered original is as private as the key
+    if o.original_file is not None:
+        keep = dst.with_name(f"{dst.stem}.original{o.original_suffix or ''}")
+        atomic_write(keep, lambda tmp: tmp.write_bytes(o.original_file), mode=0o600)
+    if o.exact:
+        report.ok += 1
+    elif o.lossy:
+        report.note(f"{src}: faces restored exactly; outside them the pixels are the published lossy image's, not the original's")
+        report.ok += 1
+    else:
+        report.fail(src, "the written photo is NOT the original: it does not match the sealed digest (see the bypassed checks)")
+
+
+def is_v3(src: Path, record: Path | None) -> bool:
+    from faceveil.errors import FormatError
+    from faceveil.fileformat import read_header
+    from faceveil.fileformat.original import has_sidecar
+
+    if record is not None or has_sidecar(src):
+        return True
+    try:
+        header = read_header(src)
+    except FormatError:
+        return False  # the legacy path reports it
+    return bool(header) and header.get("version") == 3
 
 
 def same_weights_only(batch: list, bb, force: bool, report: Report, bar) -> list:
@@ -124,22 +184,35 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     # Recovered originals are private: never inside the folder of the anonymized (public) files.
-    check_output_folder(args.inputs, args.output)
+    check_output_folder(args.inputs, args.output, private=True)
     report = Report("recover")
-    if args.force and not args.backbone:
-        # A file that fails authentication must not choose the model (or a hub repo to contact).
-        report.fail(args.inputs[0] if len(args.inputs) == 1 else "recover", "--force needs --backbone: an unauthenticated file never chooses the model")
-        return 2
     key = load_key(args.key)
+    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
+    if args.record is not None and len(pairs) != 1:
+        report.fail(args.record, "--record names the sidecar of one image; give exactly one input")
+        return report.finish("recovered", args.output)
+    legacy = []
+    for src, dst in pairs:
+        if not is_v3(src, args.record):
+            legacy.append((src, dst))
+            continue
+        try:
+            recover_v3(src, dst, args, key, report)
+        except (FaceveilError, OSError, ValueError) as exc:
+            report.fail(src, exc)
+    if legacy and args.force and not args.backbone:
+        # A file that fails authentication must not choose the model (or a hub repo to contact).
+        for src, _ in legacy:
+            report.fail(src, "--force on a version 1/2 file needs --backbone: an unauthenticated file never chooses the model")
+        legacy = []
     loader = Loader(args, key, report)
     from faceveil.cli.recover_photos import is_photo_file, recover_photo_files
 
     items = []
-    pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))
-    photo_pairs = [(src, dst) for src, dst in pairs if is_photo_file(src)]
+    photo_pairs = [(src, dst) for src, dst in legacy if is_photo_file(src)]
     if photo_pairs:
         recover_photo_files(args, key, photo_pairs, report)
-    for src, dst in pairs:
+    for src, dst in legacy:
         if (src, dst) in photo_pairs:
             continue
         try:

@@ -1,4 +1,5 @@
-"""``faceveil recover`` for anonymized photos (files with a photo record and a record per face)."""
+"""``faceveil recover`` for version 2 photo files: each face replayed through the model, then the photo
+residual. Version 3 photo files open without a model (:func:`faceveil.cli.recover.recover_v3`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def recover_photo_files(args: argparse.Namespace, key, pairs: list[tuple[Path, P
     from faceveil.fileformat import escape
     from faceveil.models.photo import PhotoAnonymizer
     from faceveil.models.pipeline import Anonymizer
+    from faceveil.cli.recover import V2_NOTE
+    from faceveil.models.same_weights import weights_mismatch
     from faceveil.photofile import read_photo
 
     device = resolve_device(args.device)
@@ -46,7 +49,15 @@ def recover_photo_files(args: argparse.Namespace, key, pairs: list[tuple[Path, P
             spec = args.backbone or v0.backbone
             if (spec, dtype) not in backbones:
                 backbones[(spec, dtype)] = load_backbone_for_cli(spec, device, dtype)
-            photos = PhotoAnonymizer(Anonymizer(backbones[(spec, dtype)], v0.settings), args.batch_size)
+            bb = backbones[(spec, dtype)]
+            # Other weights draw another face with no error: the same check as aligned crops.
+            why = weights_mismatch(v0.backbone, v0.adapter_hash, bb)
+            if why is not None:
+                if not args.force:
+                    raise InputError(f"wrong weights: {why}")
+                report.note(f"{src}: --force bypasses the weights check: {why.needs}, recovering with {why.loaded}")
+            report.note(f"{src}: {V2_NOTE}")
+            photos = PhotoAnonymizer(Anonymizer(bb, v0.settings), args.batch_size)
             [image] = photos.recover([vp], key, force=args.force)
             save_image(dst, image, mode=0o600)  # a recovered original is as private as the key
             report.ok += 1

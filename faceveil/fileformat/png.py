@@ -1,10 +1,18 @@
 """A strict, memory-bounded reader of a PNG's chunk layout, for untrusted files.
 
-It parses only the chunk framing (length, type, CRC) and the IHDR, never the
-pixels, so a crafted file costs at most its own size. Anything a faceveil file
-never contains is refused with one line: a truncated chunk, a faceveil or IHDR
-chunk given twice, a chunk (or bytes) after IEND, a CRC mismatch in a chunk we
-read, a size beyond :data:`MAX_PIXELS`.
+It walks the chunk framing (length, type, CRC) with seeks and reads only the
+IHDR and the chunks asked for, never the pixels, so a crafted file costs what
+those chunks hold, not its own size. Anything a faceveil file never contains is
+refused with one line: a truncated chunk, a faceveil or IHDR chunk given twice,
+a chunk (or bytes) after IEND, a CRC mismatch in a chunk we read, a size beyond
+:data:`MAX_PIXELS`, a wanted chunk over its size limit.
+
+``strict`` (every faceveil file since version 3, and the check ``verify`` makes on
+every version) also refuses any chunk outside IHDR, IDAT, IEND and the wanted
+ones, and any IHDR other than 8-bit RGB without interlacing: colour profiles,
+gamma, EXIF orientation, APNG frames, text and physical-size chunks change what a
+viewer shows without changing the decoded pixels, so a file that carries one is
+not the file that was anonymized.
 """
 
 from __future__ import annotations
@@ -15,13 +23,15 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faceveil.errors import FormatError
+from faceveil.errors import FormatError, TamperedError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Largest image faceveil decodes (64 Mpx, e.g. 8192 x 8192): about 200 MB of RGB.
 MAX_PIXELS = int(os.environ.get("FACEVEIL_MAX_PIXELS", str(64 * 2**20)))
-# Largest file faceveil reads whole (the file is the bound of everything parsed from it).
+# Largest file faceveil reads (each chunk it keeps has a smaller limit of its own).
 MAX_FILE_BYTES = 1 << 30
+# The chunks a strict file may hold besides the faceveil ones.
+IMAGE_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND"})
 
 
 @dataclass
@@ -30,64 +40,99 @@ class PngLayout:
     height: int
     bit_depth: int
     color_type: int
+    interlace: int = 0
     chunks: dict[bytes, bytes] = field(default_factory=dict)  # the chunks asked for, by type
+    ihdr: bytes = b""  # the IHDR body, exactly as in the file
     size: int = 0  # bytes in the file
+    foreign: list[str] = field(default_factory=list)  # chunk types outside IHDR/IDAT/IEND and ``wanted``
 
 
 def _crc_ok(ctype: bytes, body: bytes, crc: bytes) -> bool:
     return struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF) == crc
 
 
-def read_png_layout(path: str | os.PathLike[str], wanted: frozenset[bytes] = frozenset(), max_pixels: int | None = None) -> PngLayout | None:
+def _name(ctype: bytes) -> str:
+    return ctype.decode("latin-1").encode("unicode_escape").decode("ascii")
+
+
+def read_png_layout(
+    path: str | os.PathLike[str],
+    wanted: frozenset[bytes] = frozenset(),
+    max_pixels: int | None = None,
+    strict: bool = False,
+    limits: dict[bytes, int] | None = None,
+) -> PngLayout | None:
     """The IHDR and the ``wanted`` chunks of a PNG, or None when the file is not a PNG.
 
-    Raises :class:`FormatError` (one line naming the file) for any malformed layout.
+    ``limits`` caps a wanted chunk's length in bytes (checked before it is read).
+    Raises :class:`FormatError` (one line naming the file) for a malformed layout, and
+    :class:`TamperedError` in ``strict`` mode for a chunk a faceveil file never holds.
     """
     path = Path(path)
     limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limits = limits or {}
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise FormatError(f"{path}: file is larger than {MAX_FILE_BYTES >> 20} MiB")
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            return _walk(path, f, size, wanted, limit, strict, limits)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if not data.startswith(PNG_SIGNATURE):
+
+
+def _walk(path: Path, f, size: int, wanted: frozenset[bytes], limit: int, strict: bool, limits: dict[bytes, int]) -> PngLayout | None:
+    if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
         return None
     pos = len(PNG_SIGNATURE)
     layout: PngLayout | None = None
     seen: set[bytes] = set()
     while True:
-        if pos + 8 > len(data):
+        head = f.read(8)
+        if len(head) < 8:
             raise FormatError(f"{path}: PNG ends before its IEND chunk (truncated)")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        ctype = data[pos + 4 : pos + 8]
+        (length,) = struct.unpack(">I", head[:4])
+        ctype = head[4:8]
         end = pos + 12 + length
-        if length > 2**31 - 1 or end > len(data):
-            raise FormatError(f"{path}: truncated PNG chunk {ctype.decode('latin-1')!r}")
-        body, crc = data[pos + 8 : end - 4], data[end - 4 : end]
+        if length > 2**31 - 1 or end > size:
+            raise FormatError(f"{path}: truncated PNG chunk {_name(ctype)!r}")
         if layout is None and ctype != b"IHDR":
             raise FormatError(f"{path}: PNG does not start with IHDR")
-        if ctype == b"IHDR" or ctype in wanted:
+        keep = ctype == b"IHDR" or ctype in wanted
+        if strict and not keep and ctype not in IMAGE_CHUNKS:
+            raise TamperedError(
+                f"{path}: PNG chunk {_name(ctype)!r} is not part of a faceveil file (it can change what a viewer "
+                "shows); the file was altered after anonymization"
+            )
+        if keep:
             if ctype in seen:
-                raise FormatError(f"{path}: PNG chunk {ctype.decode('latin-1')!r} occurs twice")
+                raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} occurs twice")
             seen.add(ctype)
+            if ctype in limits and length > limits[ctype]:
+                raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} holds {length} bytes, more than its limit of {limits[ctype]}")
+            body, crc = f.read(length), f.read(4)
             if not _crc_ok(ctype, body, crc):
-                raise FormatError(f"{path}: PNG chunk {ctype.decode('latin-1')!r} is corrupt (CRC mismatch)")
+                raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} is corrupt (CRC mismatch)")
+        else:
+            f.seek(end)
         if ctype == b"IHDR":
             if length != 13:
                 raise FormatError(f"{path}: PNG IHDR has length {length}, not 13")
-            w, h, depth, color = struct.unpack(">IIBB", body[:10])
+            w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
             if w == 0 or h == 0:
                 raise FormatError(f"{path}: PNG declares an empty image")
             if w * h > limit:
                 raise FormatError(f"{path}: PNG declares {w}x{h} pixels, more than the limit of {limit} (FACEVEIL_MAX_PIXELS)")
-            layout = PngLayout(w, h, depth, color, size=size)
-        elif ctype in wanted:
+            if strict and (depth, color, interlace) != (8, 2, 0):
+                raise TamperedError(f"{path}: PNG is not 8-bit RGB without interlacing, as faceveil writes it (altered)")
+            layout = PngLayout(w, h, depth, color, interlace, ihdr=body, size=size)
+        elif keep:
             layout.chunks[ctype] = body
+        elif ctype not in IMAGE_CHUNKS:
+            layout.foreign.append(_name(ctype))
         pos = end
         if ctype == b"IEND":
             break
-    if pos != len(data):
-        raise FormatError(f"{path}: {len(data) - pos} bytes after the PNG's IEND chunk")
+    if pos != size:
+        raise FormatError(f"{path}: {size - pos} bytes after the PNG's IEND chunk")
     return layout

@@ -14,42 +14,41 @@ import torch
 from PIL import Image
 
 from faceveil.data.images import to_rgb_array
-from faceveil.errors import FormatError, KeyMismatchError, TamperedError
+from faceveil.errors import FormatError, KeyMismatchError, TamperedError, escape
 from faceveil.fileformat.png import MAX_PIXELS, read_png_layout
 from faceveil.fileformat.records import (
-    CHUNKS, DATA_CHUNK, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAX_FACES, MAX_HEADER_BYTES, PHOTO_PURPOSE, VERSION,
-    FaceRecord, FileInfo, VeiledFile, escape, file_info, header_authentic, pixels_sha256,
+    CHUNKS, DATA_CHUNK, V1_MAX_PIXELS, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAX_FACES, MAX_HEADER_BYTES, PHOTO_PURPOSE, VERSION,
+    FaceRecord, FileInfo, VeiledFile, file_info, header_authentic, info_from_model, pixels_sha256,
 )  # fmt: skip
 from faceveil.fileformat.sealing import at_most, exactly, open_arrays
+from faceveil.fileformat.v3 import MAC_CHUNK, is_original, open_record, parse_header, restore
+from faceveil.fileformat.v3 import VERSION as V3
 from faceveil.fileformat.v1 import read_v1
 from faceveil.keys import NONCE_BYTES, SecretKey
 from faceveil.models.inversion import LATTICE
 
+SUPPORTED = (1, 2, V3)
+LIMITS = {HEADER_CHUNK: MAX_HEADER_BYTES, MAC_CHUNK: 64}
+
+
 def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_HEADER_BYTES:
-        raise FormatError(f"{path}: faceveil header is larger than {MAX_HEADER_BYTES} bytes")
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        raise TamperedError(f"{path}: faceveil header is not valid JSON (edited or corrupt)") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise TamperedError(f"{path}: faceveil header is not a faceveil header object (edited or corrupt)")
-    if header.get("version") not in (1, VERSION):
+    header = parse_header(path, raw)
+    if header.get("version") not in SUPPORTED:
         # A well-formed newer version is the user's to upgrade for; anything else was altered.
-        cls = FormatError if isinstance(header.get("version"), int) and header["version"] > VERSION else TamperedError
-        raise cls(f"{path}: faceveil format version {escape(header.get('version'))} is not supported (this reads 1 and {VERSION})")
+        cls = FormatError if isinstance(header.get("version"), int) and header["version"] > V3 else TamperedError
+        raise cls(f"{path}: faceveil format version {escape(header.get('version'))} is not supported (this reads 1 to {V3})")
     return header
 
 
 def read_chunks(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
     """The faceveil chunks of a PNG (empty when it has none or is not a PNG), strictly parsed."""
-    layout = read_png_layout(path, CHUNKS)
+    layout = read_png_layout(path, CHUNKS, limits=LIMITS)
     return {} if layout is None else dict(layout.chunks)
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The public JSON header (version 1 or 2), or None when the file carries no faceveil metadata."""
-    layout = read_png_layout(path, CHUNKS)
+    """The public JSON header, or None when the file carries no faceveil metadata."""
+    layout = read_png_layout(path, CHUNKS, limits=LIMITS)
     if layout is None or HEADER_CHUNK not in layout.chunks:
         return None
     return _parse_header(Path(path), layout.chunks[HEADER_CHUNK])
@@ -176,29 +175,86 @@ def _refuse(vf: VeiledFile, force: bool, exc: FormatError) -> None:
     vf.bypassed.append(str(exc).removeprefix(f"{vf.path}: "))
 
 
-def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force: bool = False, pixels: bool = True) -> VeiledFile:
+def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force: bool = False, pixels: bool = True,
+              allow_v1: bool = False) -> VeiledFile:
     """Read and authenticate an anonymized file (see the module docstring for the order of checks).
 
     Without ``key`` only the public header and the pixels are read. With it, a wrong key
-    raises :class:`KeyMismatchError`, a failed MAC, payload hash, record tag or pixel hash
-    :class:`TamperedError`; ``force`` lets the last four through and lists them in
-    ``bypassed`` (records that do not open are left out: force cannot break encryption).
+    raises :class:`KeyMismatchError`; a failed MAC, payload hash, record tag or pixel hash,
+    or a chunk a faceveil file never holds, :class:`TamperedError`. ``force`` lets all but
+    the record tags through and lists them in ``bypassed`` (force cannot break encryption).
+    Version 1 files are refused unless ``allow_v1``: their pixels were never authenticated.
     """
     path = Path(path)
-    layout = read_png_layout(path, CHUNKS)
+    layout = read_png_layout(path, CHUNKS, limits=LIMITS)
     if layout is None or HEADER_CHUNK not in layout.chunks or DATA_CHUNK not in layout.chunks:
         raise FormatError(f"{path}: no faceveil metadata (stripped or re-encoded?)")
     header = _parse_header(path, layout.chunks[HEADER_CHUNK])
+    bypassed: list[str] = []
+    if key is not None and (layout.foreign or (layout.bit_depth, layout.color_type, layout.interlace) != (8, 2, 0)):
+        what = (f"PNG chunks {', '.join(sorted(set(layout.foreign)))[:120]} are" if layout.foreign else "the PNG's pixel layout is") + \
+            " not part of a faceveil file (they change what a viewer shows); the file was altered after anonymization"
+        if not force:
+            raise TamperedError(f"{path}: {what}")
+        bypassed.append(what)
+    if header["version"] == V3:
+        vf = _read_v3(path, layout, header, key, force, pixels)
+    elif header["version"] == 2:
+        vf = _read_v2(path, layout, header, key, force, pixels)
+    else:
+        vf = _read_v1(path, layout, header, key, force, allow_v1)
+    vf.bypassed[:0] = bypassed
+    return vf
+
+
+def _read_v1(path: Path, layout, header: dict[str, Any], key: SecretKey | None, force: bool, allow_v1: bool) -> VeiledFile:
+    if key is not None and not allow_v1:
+        raise FormatError(f"{path}: a version 1 file: its pixels and settings were never authenticated; "
+                          "recover it with --allow-v1 if you trust where it has been")
+    if header.get("image_size") != [layout.height, layout.width]:
+        raise FormatError(f"{path}: the header describes a {escape(header.get('image_size'))} image, the PNG is {layout.height}x{layout.width}")
+    if layout.height * layout.width > V1_MAX_PIXELS:
+        raise FormatError(f"{path}: a version 1 file of {layout.width}x{layout.height}; version 1 held aligned crops "
+                          f"of at most {V1_MAX_PIXELS} pixels")
     payload = layout.chunks[DATA_CHUNK]
-    if header["version"] == 1:
-        if header.get("image_size") != [layout.height, layout.width]:
-            raise FormatError(f"{path}: the header describes a {escape(header.get('image_size'))} image, the PNG is {layout.height}x{layout.width}")
-        v = read_v1(path, header, payload, lambda h, w: _decode_pixels(path, h, w), key, force)
-        if key is not None and not v.background_intact and not force:
-            raise TamperedError(f"{path}: pixels outside the mask were edited since anonymization")
-        rec = FaceRecord(v.nonce, v.mask, v.state, v.sealed_residual)
-        return VeiledFile(path, header, FileInfo.of(v), v.image, [rec] if key is not None else [],
-                          authenticated=v.authenticated, pixels_intact=v.background_intact)
+    v = read_v1(path, header, payload, lambda h, w: _decode_pixels(path, h, w), key, force)
+    if key is not None and not v.background_intact and not force:
+        raise TamperedError(f"{path}: pixels outside the mask were edited since anonymization")
+    rec = FaceRecord(v.nonce, v.mask, v.state, v.sealed_residual)
+    return VeiledFile(path, header, FileInfo.of(v), v.image, [rec] if key is not None else [],
+                      authenticated=False if key is not None else None, pixels_intact=v.background_intact)
+
+
+def _read_v3(path: Path, layout, header: dict[str, Any], key: SecretKey | None, force: bool, pixels: bool) -> VeiledFile:
+    vf = VeiledFile(path, header, None, None, [])
+    try:
+        h, w = header["image_size"]
+        if [h, w] != [layout.height, layout.width]:
+            raise ValueError(f"it describes a {escape(w)}x{escape(h)} image but the PNG is {layout.width}x{layout.height}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
+    if key is not None:
+        opened = open_record(path, layout.chunks[HEADER_CHUNK], header, layout.chunks.get(MAC_CHUNK),
+                             layout.chunks[DATA_CHUNK], key, force, layout.ihdr)
+        vf.faces, vf.model, vf.bypassed = opened.faces, opened.model, opened.bypassed
+        vf.original_file, vf.original_suffix = opened.original_file, opened.original_suffix
+        vf.authenticated = not opened.bypassed
+        vf.info = info_from_model(opened.model)
+    if pixels:
+        vf.image = _decode_pixels(path, layout.height, layout.width)
+        vf.pixels_intact = pixels_sha256(vf.image) == header.get("pixels_sha256")
+        if key is not None:
+            if not vf.pixels_intact:
+                _refuse(vf, force, TamperedError(f"{path}: pixels were edited since anonymization (face or background)"))
+            vf.original = restore(vf.image, vf.faces)
+            vf.exact = is_original(opened, key, vf.original)
+            if not vf.exact and vf.pixels_intact:
+                raise FormatError(f"{path}: the restored photo does not match the sealed digest of the original")
+    return vf
+
+
+def _read_v2(path: Path, layout, header: dict[str, Any], key: SecretKey | None, force: bool, pixels: bool) -> VeiledFile:
+    payload = layout.chunks[DATA_CHUNK]
     authentic = None if key is None else header_authentic(header, key)
     if key is not None and not force and not _check_matches(header, key):
         raise KeyMismatchError(f"{path}: wrong key: this file was anonymized with another key")
@@ -228,4 +284,4 @@ def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force:
 
 def verify_file(path: str | os.PathLike[str], key: SecretKey) -> VeiledFile:
     """Authenticate a file completely under ``key`` (header, records, pixels) without recovering it."""
-    return read_file(path, key, force=False)
+    return read_file(path, key, force=False, allow_v1=False)

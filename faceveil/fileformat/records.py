@@ -12,20 +12,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from faceveil.errors import escape
 from faceveil.fileformat.v1 import canonical as v1_canonical
+from faceveil.fileformat.v3 import SealedFace, pixels_sha256
 from faceveil.keys import SecretKey
 from faceveil.models.pipeline import Veiled
 from faceveil.models.settings import Settings
 
 FORMAT = "faceveil"
-VERSION = 2
+VERSION = 3  # the version written; 1 and 2 are still read
 HEADER_CHUNK = b"fvHd"
 DATA_CHUNK = b"fvDt"
+MAC_CHUNK = b"fvMc"
 FACE_PURPOSE = "face-record"
 PHOTO_PURPOSE = "photo-record"
 MAX_HEADER_BYTES = 1 << 20
 MAX_FACES = 1024
-CHUNKS = frozenset({HEADER_CHUNK, DATA_CHUNK})
+CHUNKS = frozenset({HEADER_CHUNK, DATA_CHUNK, MAC_CHUNK})
+V1_MAX_PIXELS = 2048 * 2048  # version 1 held aligned crops; bounds what --allow-v1 decodes
 
 
 @dataclass
@@ -49,23 +53,68 @@ class FileInfo:
     compute: dict[str, str] = field(default_factory=dict)
     adapter_hash: str | None = None
     adapter_name: str | None = None
+    base_sha256: str | None = None  # a hash of the base weights themselves (version 3)
 
     @classmethod
     def of(cls, v: Veiled) -> FileInfo:
-        return cls(v.backbone, v.settings, dict(v.compute), v.adapter_hash, v.adapter_name)
+        return cls(v.backbone, v.settings, dict(v.compute), v.adapter_hash, v.adapter_name, v.base_sha256)
+
+
+def model_description(info: FileInfo, base_sha256: str | None = None) -> dict[str, Any]:
+    """What a version 3 file seals about the model that drew its faces (never a local path)."""
+    s = info.settings
+    return {
+        "backbone": info.backbone,
+        "base_sha256": base_sha256 or info.base_sha256,
+        "adapter": None if info.adapter_hash is None else {"name": info.adapter_name, "sha256": info.adapter_hash},
+        "scheme": s.scheme, "steps": s.steps, "transform": s.transform,
+        "compute": dict(info.compute),
+    }
+
+
+def info_from_model(model: dict[str, Any] | None) -> FileInfo | None:
+    """The :class:`FileInfo` a version 3 file's sealed model description gives, None when it has none."""
+    if not model:
+        return None
+    try:
+        adapter = model.get("adapter") or {}
+        settings = Settings(str(model["scheme"]), int(model["steps"]), str(model["transform"]))
+        base = model.get("base_sha256")
+        return FileInfo(str(model["backbone"]), settings, {str(k): str(v) for k, v in (model.get("compute") or {}).items()},
+                        adapter.get("sha256"), adapter.get("name"), base if isinstance(base, str) else None)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 @dataclass
 class VeiledFile:
+    """An anonymized file as read: version 1 and 2 files carry ``records`` to replay through the
+    model; version 3 files carry ``faces`` with their original pixels, and ``original``, the
+    photo they restore (checked against the sealed digest: ``exact``)."""
+
     path: Path
     header: dict[str, Any]
-    info: FileInfo
+    info: FileInfo | None
     image: np.ndarray | None
-    records: list[FaceRecord]  # opened records; empty without the key
+    records: list[FaceRecord]  # opened version 1/2 records; empty without the key
     photo_extra: dict[str, np.ndarray] | None = None
     authenticated: bool | None = None
     pixels_intact: bool | None = None
     bypassed: list[str] = field(default_factory=list)  # what ``force`` let through
+    faces: list[SealedFace] = field(default_factory=list)  # version 3, opened
+    original: np.ndarray | None = None  # version 3: the restored original photo
+    exact: bool | None = None  # version 3: ``original`` matches the sealed digest
+    model: dict[str, Any] | None = None  # version 3: the sealed description of the model used
+    original_file: bytes | None = None  # version 3 with --keep-original-file: the input file's bytes
+    original_suffix: str | None = None
+
+    @property
+    def version(self) -> int:
+        return int(self.header.get("version", 0))
+
+    @property
+    def face_count(self) -> int:
+        return len(self.header.get("faces") or [])
 
 
 def canonical(header: dict[str, Any]) -> bytes:
@@ -78,20 +127,7 @@ def header_authentic(header: dict[str, Any], key: SecretKey) -> bool:
     return hmac.compare_digest(key.mac(body), str(header.get("mac", "")))
 
 
-def pixels_sha256(image: np.ndarray) -> str:
-    h = hashlib.sha256(b"faceveil/v2/pixels\0" + "x".join(map(str, image.shape)).encode() + b"\0")
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- writing
-
-
-def escape(value: object) -> str:
-    """An untrusted value for printing: one line, control characters escaped, length capped."""
-    text = str(value)
-    out = text.encode("unicode_escape").decode("ascii")
-    return out if len(out) <= 200 else out[:200] + "..."
 
 
 def file_info(header: dict[str, Any]) -> FileInfo:

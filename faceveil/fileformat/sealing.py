@@ -1,15 +1,16 @@
 """Sealed records: named arrays encrypted with ChaCha20-Poly1305 under a per-record subkey.
 
-A record is safetensors bytes, zlib-compressed, zero-padded to a power of two
-(so its length says little about what is inside), then sealed under
-``key.subkey(purpose, nonce)`` (HKDF-SHA256). Opening checks the tag first, then
-inflates with a hard cap, then validates every tensor's dtype and shape against
-an expected spec before any array is built.
+A record is safetensors bytes, sealed under ``key.subkey(purpose, nonce)``
+(HKDF-SHA256). Version 2 compressed them with zlib and zero-padded to a power of
+two, so the length said little about the content; version 3 seals them as they
+are (``compressed=False``), so the length is a function of the tensors' shapes
+alone, which the public pixels already show. Opening checks the tag first, then
+inflates with a hard cap (compressed records), then validates every tensor's dtype
+and shape against an expected spec before any array is built.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from faceveil.errors import FormatError
+from faceveil.jsonfile import parse_json
 from faceveil.keys import SecretKey
 
 _MIN_BUCKET = 4096
@@ -32,9 +34,13 @@ def _bucket(n: int) -> int:
     return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def seal_arrays(arrays: Mapping[str, np.ndarray], key: SecretKey, purpose: str, nonce: bytes) -> bytes:
-    """Encrypt named arrays; the result's length is a power of two plus the 16-byte tag."""
-    packed = zlib.compress(st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}), 9)
+def seal_arrays(arrays: Mapping[str, np.ndarray], key: SecretKey, purpose: str, nonce: bytes, compressed: bool = True) -> bytes:
+    """Encrypt named arrays. Compressed: the length is a power of two plus the 16-byte tag;
+    uncompressed: the safetensors length (set by names, dtypes and shapes) plus the tag."""
+    raw = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    if not compressed:
+        return key.seal(purpose, nonce, raw, purpose.encode())
+    packed = zlib.compress(raw, 9)
     padded = packed + bytes(_bucket(len(packed)) - len(packed))
     return key.seal(purpose, nonce, padded, purpose.encode())
 
@@ -46,7 +52,7 @@ def _tensor_table(raw: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
     (n,) = struct.unpack("<Q", raw[:8])
     if n > len(raw) - 8:
         raise ValueError("record header runs past its end")
-    table = json.loads(raw[8 : 8 + n])
+    table = parse_json(raw[8 : 8 + n], max_depth=4)
     if not isinstance(table, dict):
         raise ValueError("record header is not an object")
     out = {}
@@ -58,7 +64,9 @@ def _tensor_table(raw: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
     return out
 
 
-def open_arrays(sealed: bytes, key: SecretKey, purpose: str, nonce: bytes, max_raw: int, spec: Spec) -> dict[str, np.ndarray] | None:
+def open_arrays(
+    sealed: bytes, key: SecretKey, purpose: str, nonce: bytes, max_raw: int, spec: Spec, compressed: bool = True
+) -> dict[str, np.ndarray] | None:
     """The arrays of a sealed record, or None when it does not open under ``key`` (wrong key, altered).
 
     Raises :class:`FormatError` when it opens but is malformed: larger than ``max_raw``
@@ -68,12 +76,9 @@ def open_arrays(sealed: bytes, key: SecretKey, purpose: str, nonce: bytes, max_r
     if padded is None:
         return None
     try:
-        inflater = zlib.decompressobj()
-        raw = inflater.decompress(padded, max_raw + 1)
-        if len(raw) > max_raw or not inflater.eof:
-            raise ValueError(f"inflates past its limit of {max_raw} bytes")
-        if inflater.unused_data.strip(b"\0"):
-            raise ValueError("data after the record")
+        raw = _inflate(padded, max_raw) if compressed else padded
+        if len(raw) > max_raw:
+            raise ValueError(f"larger than its limit of {max_raw} bytes")
         table = _tensor_table(raw)
         for name, (dtype, shape) in table.items():
             check = spec.get(name)
@@ -87,6 +92,16 @@ def open_arrays(sealed: bytes, key: SecretKey, purpose: str, nonce: bytes, max_r
         return st_load(raw)
     except (ValueError, KeyError, TypeError, zlib.error) as exc:
         raise FormatError(f"sealed record is malformed ({exc})") from None
+
+
+def _inflate(padded: bytes, max_raw: int) -> bytes:
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(padded, max_raw + 1)
+    if len(raw) > max_raw or not inflater.eof:
+        raise ValueError(f"inflates past its limit of {max_raw} bytes")
+    if inflater.unused_data.strip(b"\0"):
+        raise ValueError("data after the record")
+    return raw
 
 
 def exactly(dtypes: tuple[str, ...], shape: tuple[int, ...]) -> Callable[[str, tuple[int, ...]], str | None]:

@@ -16,7 +16,12 @@ from faceveil.keys import SecretKey
 from faceveil.models.pipeline import Veiled
 
 def veiled_from_file(vf: VeiledFile, index: int = 0) -> Veiled:
-    """A :class:`Veiled` for face ``index`` of an aligned-crop file (the image is the crop)."""
+    """A :class:`Veiled` for face ``index`` of an aligned-crop file (the image is the crop).
+
+    From a version 3 file it holds no latent state (files keep none): ``original`` is the
+    recovered crop, exact; replaying the model from it re-encodes the pixels."""
+    if vf.version == 3:
+        return _veiled_v3(vf, index)
     r = vf.records[index]
     if r.affine is not None or vf.image is None or vf.image.shape[:2] != r.mask.shape:
         raise FormatError(f"{vf.path}: a photo file; read it with read_file and crop each face")
@@ -29,6 +34,19 @@ def veiled_from_file(vf: VeiledFile, index: int = 0) -> Veiled:
     )
 
 
+def _veiled_v3(vf: VeiledFile, index: int) -> Veiled:
+    f = vf.faces[index]
+    if vf.image is None or f.box != (0, 0, *vf.image.shape[:2]) or f.affine is not None or vf.info is None:
+        raise FormatError(f"{vf.path}: a photo file; its original is read_file(path, key).original")
+    i = vf.info
+    return Veiled(
+        image=vf.image, mask=f.inside, nonce=f.nonce, settings=i.settings, key_check=f.check, backbone=i.backbone,
+        adapter_hash=i.adapter_hash, adapter_name=i.adapter_name, state=None, compute=dict(i.compute),
+        authenticated=vf.authenticated, background_intact=bool(vf.pixels_intact), original=vf.original,
+        base_sha256=i.base_sha256,
+    )
+
+
 def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, allow_unverified: bool = False) -> Veiled:
     """Read a one-face file written by :func:`write_veiled` (the key opens its sealed record).
 
@@ -38,7 +56,7 @@ def read_veiled(path: str | os.PathLike[str], key: SecretKey | None = None, allo
     if key is None:
         raise FormatError(f"{path}: the face record is sealed; reading it needs the key")
     vf = read_file(path, key, force=allow_unverified)
-    if not vf.records:
+    if not vf.records and not vf.faces:
         raise KeyMismatchError(f"{path}: the sealed face record does not open under this key (--force cannot bypass encryption)")
     if len(vf.header.get("faces") or [None]) != 1:
         raise FormatError(f"{path}: a photo with {len(vf.header['faces'])} faces; read it with read_file")

@@ -1,4 +1,9 @@
-"""Writing a version 2 file (see :mod:`faceveil.fileformat`)."""
+"""Writing files: version 3 (what faceveil writes) and version 2 (kept to test reading old files).
+
+:func:`write_photo_v3` and :func:`write_crop` write version 3 (:mod:`faceveil.fileformat.v3`),
+embedded in the PNG or as a sidecar record beside an image of any format;
+:func:`write_file` writes the version 2 layout, which recovers by replaying the model.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ from faceveil import __version__
 from faceveil.data.images import atomic_write
 from faceveil.errors import InputError
 from faceveil.fileformat.records import (
-    DATA_CHUNK, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAX_FACES, PHOTO_PURPOSE, VERSION, FaceRecord, FileInfo, canonical,
+    DATA_CHUNK, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAC_CHUNK, MAX_FACES, PHOTO_PURPOSE, FaceRecord, FileInfo, canonical, model_description,
     pixels_sha256,
 )  # fmt: skip
 from faceveil.fileformat.sealing import seal_arrays
+from faceveil.fileformat.sidecar import encode_image, pack, sidecar_path
+from faceveil.fileformat.v3 import SealedFace, full_region, header_mac, ihdr_body, seal
 from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce
 from faceveil.models.inversion import LATTICE
 from faceveil.models.pipeline import Veiled
@@ -73,7 +80,7 @@ def write_file(
     s = info.settings
     header: dict[str, Any] = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 2,
         "faceveil_version": __version__,
         "backbone": info.backbone,
         "adapter": None if info.adapter_hash is None else {"name": info.adapter_name, "sha256": info.adapter_hash},
@@ -99,9 +106,53 @@ def write_file(
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=pnginfo))
 
 
-def write_veiled(path: str | os.PathLike[str], v: Veiled, key: SecretKey) -> Path:
-    """Write one anonymized aligned crop (the single-record case of :func:`write_file`)."""
+def write_v3(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    original: np.ndarray,
+    faces: list[SealedFace],
+    model: dict[str, Any] | None,
+    key: SecretKey,
+    record: str = "embedded",
+    quality: int = 95,
+    original_file: bytes | None = None,
+    original_suffix: str | None = None,
+) -> Path:
+    """Atomically write an anonymized ``image`` whose ``faces`` seal ``original``'s pixels (version 3).
+
+    ``record="embedded"``: one PNG holding the record. ``"sidecar"``: the image in the format its
+    suffix names (PNG, JPEG or WebP at ``quality``) and the record beside it, ``NAME.fvrec``.
+    Raises ValueError when a changed pixel lies outside every face region."""
+    path = Path(path)
+    if record == "embedded":
+        if path.suffix.lower() != ".png":
+            raise InputError(f"{path}: a file with its record embedded is a PNG; use a .png name or --record sidecar")
+        header, payload = seal(image, original, faces, model, key, original_file, original_suffix)
+        mac = header_mac(key, header, ihdr_body(*image.shape[:2]))
+        pnginfo = PngImagePlugin.PngInfo()
+        pnginfo.add(HEADER_CHUNK, header)
+        pnginfo.add(DATA_CHUNK, payload)
+        pnginfo.add(MAC_CHUNK, mac.encode("ascii"))
+        img = Image.fromarray(np.ascontiguousarray(image))
+        return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=pnginfo))
+    if record != "sidecar":
+        raise ValueError(f"record is 'embedded' or 'sidecar', not {record!r}")
+    data = encode_image(image, path.suffix, quality)
+    image_file = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "format": path.suffix.lower().lstrip(".")}
+    header, payload = seal(image, original, faces, model, key, original_file, original_suffix, image_file)
+    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_bytes(pack(header, header_mac(key, header), payload)))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_veiled(path: str | os.PathLike[str], v: Veiled, key: SecretKey, record: str = "embedded", quality: int = 95,
+                 original_file: bytes | None = None, original_suffix: str | None = None) -> Path:
+    """Write one anonymized aligned crop (version 3): the mask's original pixels, sealed."""
+    if v.original is None:
+        raise ValueError("writing a file needs the original crop (Veiled.original, set by Anonymizer.anonymize)")
+    return write_v3(path, v.image, v.original, [full_region(v.nonce, v.mask)], model_description(FileInfo.of(v)), key,
+                    record, quality, original_file, original_suffix)
+
+
+def write_veiled_v2(path: str | os.PathLike[str], v: Veiled, key: SecretKey) -> Path:
+    """Write one aligned crop in the version 2 layout (only to test that old files still recover)."""
     return write_file(path, v.image, [FaceRecord(v.nonce, v.mask, v.state, v.sealed_residual)], FileInfo.of(v), key)
-
-
-# --------------------------------------------------------------------------- reading

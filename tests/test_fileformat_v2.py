@@ -1,4 +1,4 @@
-"""File format v2: sealed records, authenticated pixels, and hostile files that stay cheap to refuse."""
+"""Reading file format v2 (still read, replayed through the model) and v1 (only with allow_v1)."""
 
 from __future__ import annotations
 
@@ -251,11 +251,19 @@ def _write_v1(path: Path, image: np.ndarray, mask: np.ndarray, state: torch.Tens
     Image.fromarray(image).save(path, pnginfo=info)
 
 
-def test_version_1_files_still_read(tmp_path):
+def test_version_1_files_only_with_allow_v1_and_marked_unauthenticated(tmp_path):
     key, nonce, rec = SecretKey.generate(), new_nonce(), _record()
     image = np.full((32, 32, 3), 7, np.uint8)
     _write_v1(tmp_path / "v1.png", image, rec.mask, rec.state, key, nonce)
-    v = read_veiled(tmp_path / "v1.png", key)
-    assert v.key_matches(key) and not v.key_matches(SecretKey.generate()) and v.authenticated
-    assert torch.equal(v.state, rec.state) and np.array_equal(v.mask, rec.mask) and v.nonce == nonce
-    assert verify_file(tmp_path / "v1.png", key).header["version"] == 1
+    # v1 fields sat outside the MAC: a replaced face verified "ok"; now refused unless asked for.
+    with pytest.raises(FormatError, match="version 1 file.*--allow-v1"):
+        verify_file(tmp_path / "v1.png", key)
+    vf = read_file(tmp_path / "v1.png", key, allow_v1=True)
+    assert vf.authenticated is False and vf.version == 1
+    r = vf.records[0]
+    assert torch.equal(r.state, rec.state) and np.array_equal(r.mask, rec.mask) and r.nonce == nonce
+    kf = _keyfile(tmp_path, key)
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "v1.png").write_bytes((tmp_path / "v1.png").read_bytes())
+    assert main(["recover", str(pub / "v1.png"), "-o", str(tmp_path / "out"), "--key", str(kf)]) == 1
