@@ -43,3 +43,18 @@ def test_a_mismatched_pair_is_one_line_with_the_fix(monkeypatch, capsys, tmp_pat
     assert main(["keygen", "-o", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torchvision does not match the installed torch" in err[0]
+
+
+def test_a_clone_named_faceveil_in_the_current_folder_imports_as_the_package(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clone = Path(__file__).resolve().parents[1]
+    (tmp_path / "faceveil").symlink_to(clone, target_is_directory=True)
+    code = ("from faceveil import __version__; import faceveil.data.photo_detect as d, faceveil.cli as c; "
+            "print(__version__, d.__file__, c.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    version, data, cli = out.stdout.split()
+    assert data.startswith(str(tmp_path / "faceveil")) and cli.startswith(str(tmp_path / "faceveil" / "faceveil"))
