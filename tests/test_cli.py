@@ -235,7 +235,8 @@ def test_demo_round_trips_a_bundled_photo(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--steps", "4"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["background_identical"] and summary["psnr_recovered_vs_original_db"] == "inf"
-    assert summary["psnr_wrong_key_vs_original_db"] < 25 and summary["wrong_key_refused"]
+    assert summary["face_pixels"] > 5000 and summary["psnr_anonymized_vs_original_db"] < 25
+    assert summary["wrong_key_refused"] and summary["wrong_key_wrote_nothing"]
 
 
 def test_recover_and_verify_refusals(tmp_path, face128, keyfile, capsys):
