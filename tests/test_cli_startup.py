@@ -58,3 +58,26 @@ def test_a_clone_named_faceveil_in_the_current_folder_imports_as_the_package(tmp
     assert out.returncode == 0, out.stderr
     version, data, cli = out.stdout.split()
     assert data.startswith(str(tmp_path / "faceveil")) and cli.startswith(str(tmp_path / "faceveil" / "faceveil"))
+
+
+def test_progress_in_a_log_is_a_line_every_few_seconds_never_a_redrawn_bar(monkeypatch, capsys):
+    import faceveil.cli.progress as pr
+
+    clock = [100.0]
+    monkeypatch.setattr(pr.time, "monotonic", lambda: clock[0])
+    bar = pr.progress(1, "anonymize")  # stderr is captured: not a terminal
+    assert isinstance(bar, pr.LogProgress)
+    bar.set_postfix_str("detecting in t1.jpg")
+    bar.update(0.25)
+    assert capsys.readouterr().err == ""  # work that ends within seconds prints nothing
+    clock[0] += 6
+    bar.set_postfix_str("diffusion 2.0/6 faces")
+    clock[0] += 2
+    bar.update(0.5)  # within 5 s of the last line: nothing
+    clock[0] += 4
+    bar.set_postfix_str("writing t1.jpg")
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["faceveil anonymize: 0.2/1 img, 6 s (diffusion 2.0/6 faces)",
+                     "faceveil anonymize: 0.8/1 img, 12 s (writing t1.jpg)"]
+    assert not any("\r" in ln for ln in lines)

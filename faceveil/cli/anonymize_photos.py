@@ -56,22 +56,29 @@ def run_photos(args: argparse.Namespace) -> int:
         return report.finish("anonymized", args.output)
     policy = face_policy(args)
     regions = hand_regions(args)
+    bar = progress(len(pairs), "anonymize")
+    faces_done = [0.0, 0]  # diffusion faces' worth of work done, faces in the batch: the progress phase
+
+    def on_faces(n: float) -> None:
+        faces_done[0] += n
+        bar.set_postfix_str(f"diffusion {min(faces_done[0], faces_done[1]):.1f}/{faces_done[1]} faces")
+
     if args.method == "diffusion":
         device = resolve_device(args.device)
         backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
         try:
-            photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone)), args.batch_size)
+            photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone), on_progress=on_faces), args.batch_size)
         except ValueError as exc:
             raise InputError(str(exc)) from None
     else:
         photos = PhotoAnonymizer(None)  # covers only: no model to load
     finder = PhotoFinder(photos.size, args.detector, policy, args.detect_size)
-    bar = progress(len(pairs), "anonymize")
     pending: list[PhotoItem] = []
 
     def flush() -> None:
         if not pending:
             return
+        faces_done[:] = [0.0, sum(f.treatment == "diffusion" for it in pending for f in it.faces)]
         try:
             veiled = photos.anonymize([(it.image, it.faces) for it in pending], key)
         except (FaceveilError, ValueError, RuntimeError) as exc:
@@ -79,6 +86,7 @@ def run_photos(args: argparse.Namespace) -> int:
                 report.fail(it.src, exc)
             veiled = []
         for it, vp in zip(pending, veiled):
+            bar.set_postfix_str(f"writing {it.src.name}")
             try:
                 save_result(it.dst, vp, key, **record_options(args, it.src))
                 report.ok += 1
@@ -92,6 +100,7 @@ def run_photos(args: argparse.Namespace) -> int:
         pending.clear()
 
     for src, dst in pairs:
+        bar.set_postfix_str(f"detecting in {src.name}")
         try:
             image = load_photo(src, args.max_pixels, args.allow_anonymized)
             pending.append(PhotoItem(src, dst, image, finder.find(image, str(src), regions)))

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faceveil.cli.progress import progress  # noqa: F401 - the CLI's name
 from faceveil.errors import escape
 from faceveil.machine import apply_threads, default_backbone, default_threads  # noqa: F401 - the CLI's names
 
@@ -321,14 +322,6 @@ def batches_by(items: list, key, batch_size: int) -> list[list]:
         groups.setdefault(key(it), []).append(it)
     size = max(1, batch_size)
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-
-
-def progress(total: int, desc: str):
-    """A bar counted in images; the pipeline advances it by fractions as each network call ends."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=total <= 1 or None,
-                bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
 def settle(bar, start: float, count: int) -> None:
