@@ -111,6 +111,7 @@ class OursMethod(EvalMethod):
         self.settings = settings
         self.key = key
         self.anonymizer = Anonymizer(backbone, settings)
+        self.written: dict[Path, Any] = {}  # path -> Veiled of the files this run wrote
 
     def tag(self) -> dict[str, Any]:
         return {
@@ -127,18 +128,22 @@ class OursMethod(EvalMethod):
         veiled = self.anonymizer.anonymize([f.image for f in faces], [f.mask for f in faces], self.key)
         for v, p in zip(veiled, paths):
             write_veiled(p, v, self.key)
+            self.written[Path(p)] = v  # the in-memory result, with the exact latent state files no longer hold
 
     def recover(self, faces: Sequence[EvalFace], paths: Sequence[Path], variant: str, pixels: Sequence[np.ndarray]) -> list[Recovery]:
-        from faceveil.fileformat import read_header, read_veiled, veiled_from_header
+        """From the file as written: its sealed original (exact, no model), with the latent the
+        scheme's inversion gives from the in-memory state (how exact the model's own way back is).
+        From altered pixels: the key's inverse through the model, re-encoding the pixels (approximate)."""
+        import dataclasses
 
-        veiled = []
-        for p, px in zip(paths, pixels):
-            stored = read_veiled(p, self.key)
-            if variant != "file":
-                header = read_header(p)
-                assert header is not None
-                stored = veiled_from_header(header, np.ascontiguousarray(px), stored.mask, None)
-            veiled.append(stored)
+        from faceveil.fileformat import read_veiled
+
+        stored = [read_veiled(p, self.key) for p in paths]
+        if variant == "file":
+            replay = self.anonymizer.recover([self.written[Path(p)] for p in paths], self.key)
+            return [Recovery(v.original, r.latent) for v, r in zip(stored, replay)]
+        veiled = [dataclasses.replace(v, image=np.ascontiguousarray(px), state=None, original=None)
+                  for v, px in zip(stored, pixels)]
         return [Recovery(r.image, r.latent) for r in self.anonymizer.recover(veiled, self.key)]
 
 

@@ -79,7 +79,8 @@ class PhotoEval:
 
     def one(self, p: EvalPhoto, tmp: Path) -> dict:
         from faceveil.keys import SecretKey
-        from faceveil.photofile import read_photo, write_photo
+        from faceveil.fileformat.original import open_original
+        from faceveil.photofile import write_photo
 
         key = SecretKey.generate()
         ref = np.array([f.bbox for f in self.reference.detect(p.image)]).reshape(-1, 4)
@@ -99,7 +100,7 @@ class PhotoEval:
             region[r.slices()] |= r.inside
         path = tmp / f"{p.name}-{p.variant}.png"
         write_photo(path, vp, key)
-        recovered = self.photos.recover([read_photo(path, key)], key)[0]
+        recovered = open_original(path, key).image
         seconds = time.perf_counter() - t
         after = np.array([f.bbox for f in self.reference.detect(vp.image)]).reshape(-1, 4)
         return {

@@ -105,11 +105,14 @@ def test_export_loads_anonymizes_and_recovers(run, exported, faces, tmp_path):
     veiled = an.anonymize(list(images), list(masks), key)
     paths = [write_veiled(tmp_path / f"v{i}.png", v, key) for i, v in enumerate(veiled)]
     header = read_header(paths[0])
-    # The file records the base and the adapter by name and hash, never the export's local path.
-    assert header["backbone"] == bb.extra["base_spec"] and header["adapter"] == {"name": Path(bb.spec).name, "sha256": bb.adapter_hash}
-    assert str(tmp_path) not in json.dumps(header)
+    # The public header names no model; the sealed record names the base and the adapter by name and
+    # hash (and the base weights' own hash), never the export's local path.
+    assert "adapter" not in header and "backbone" not in header and str(tmp_path) not in json.dumps(header)
+    model = read_veiled(paths[0], key)
+    assert model.backbone == bb.extra["base_spec"] and (model.adapter_name, model.adapter_hash) == (Path(bb.spec).name, bb.adapter_hash)
+    assert model.base_sha256 == bb.extra["base_sha256"] and str(tmp_path).encode() not in paths[0].read_bytes()
     again = load_backbone(bb.spec)
-    rec = Anonymizer(again, Settings(**bb.extra["settings"])).recover([read_veiled(p, key) for p in paths], key)
+    rec = Anonymizer(again, Settings(**bb.extra["settings"])).recover(veiled, key)
     z0 = bb.encode(to_tensor(images)).double()
     assert float((torch.stack([r.latent for r in rec]).double() - z0).abs().max()) <= 1e-4
     assert all(np.array_equal(r.image, images[i]) for i, r in enumerate(rec))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceveil.fileformat import read_veiled, write_veiled
+from faceveil.fileformat import read_file, write_veiled
 from faceveil.models.backbones import Backbone
 from faceveil.models.pipeline import Anonymizer, Settings, psnr, to_tensor, to_uint8
 from faceveil.train.objective import draw_keys, eval_mode
@@ -94,10 +94,11 @@ def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], set
         veiled = anonymizer.anonymize(list(images), list(masks), key, nonces, allow_caller_nonces=True)  # a fixed validation key: files never leave the run
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             paths = [write_veiled(Path(tmp) / f"val-{i:03d}.png", v, key) for i, v in enumerate(veiled)]
-            read = [read_veiled(p, key) for p in paths]
-        recovered = anonymizer.recover(read, key)
-        wrong_rec = anonymizer.recover(read, wrong, force=True)
-    anon = np.stack([v.image for v in read])
+            read = [read_file(p, key) for p in paths]
+        # The model's own way back (the files open exactly without it: val/file_exact).
+        recovered = anonymizer.recover(veiled, key)
+        wrong_rec = anonymizer.recover(veiled, wrong, force=True)
+    anon = np.stack([vf.image for vf in read])
     rec = np.stack([r.image for r in recovered])
     wimg = np.stack([r.image for r in wrong_rec])
     z0 = backbone.encode(to_tensor(images).to(backbone.device)).double().cpu()
@@ -106,6 +107,7 @@ def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], set
     p = [psnr(rec[i], images[i]) for i in range(len(images))]
     metrics = {
         "val/recovery_latent_error": float((rec_lat - z0).abs().max()),
+        "val/file_exact": float(np.mean([bool(vf.exact) and np.array_equal(vf.original, im) for vf, im in zip(read, images)])),
         "val/recovery_psnr": float(min(p)) if p else math.nan,
         "val/identity_cos": _cos(identity, anon, landmarks, ref),
         "val/wrong_key_cos": _cos(identity, wimg, landmarks, ref),
