@@ -28,10 +28,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from faceveil.data.detect_centerface import nms
 from faceveil.data.faces import Face, FaceDetector, sort_faces
 from faceveil.data.photo_cover import COVERS
 from faceveil.data.photo_mask import DEFAULT_MASK_EXTENT, MASK_EXTENTS
-from faceveil.data.photo_regions import MANUAL
+from faceveil.data.photo_regions import MANUAL, box_intersection
 from faceveil.errors import InputError
 
 PHOTO_FACE_POLICIES: tuple[str, ...] = ("all", "largest")
@@ -93,19 +94,10 @@ def merge_faces(faces: list[Face], iou: float = MERGE_IOU) -> list[Face]:
     if not faces:
         return []
     boxes = np.array([f.bbox for f in faces], dtype=np.float64)
-    xywh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes]
-    keep = [int(i) for i in np.asarray(cv2.dnn.NMSBoxes(xywh, [float(f.score) for f in faces], 0.0, iou)).reshape(-1)]
+    keep = nms(boxes, np.array([f.score for f in faces]), iou)
     kept: list[Face] = []
     for i in sorted(keep, key=lambda i: -faces[i].area):  # largest first: a part of a face inside it goes
-        b = boxes[i]
-        inside = False
-        for k in kept:
-            ix = max(0.0, min(b[2], k.bbox[2]) - max(b[0], k.bbox[0]))
-            iy = max(0.0, min(b[3], k.bbox[3]) - max(b[1], k.bbox[1]))
-            if ix * iy >= 0.8 * max(faces[i].area, 1e-9):
-                inside = True
-                break
-        if not inside:
+        if not any(box_intersection(boxes[i], k.bbox) >= 0.8 * max(faces[i].area, 1e-9) for k in kept):
             kept.append(faces[i])
     return sort_faces(kept)
 

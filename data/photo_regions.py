@@ -51,10 +51,15 @@ def manual_face(box: np.ndarray) -> Face:
     return Face(bbox=np.asarray(box, dtype=np.float64), score=1.0, landmarks5=nowhere, landmarks=nowhere, scheme=MANUAL)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_intersection(a: np.ndarray, b: np.ndarray) -> float:
+    """Area shared by two boxes (x0, y0, x1, y1)."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    return float(ix * iy)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = box_intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / max(union, 1e-9)
 
