@@ -279,3 +279,29 @@ def test_tiles_cover_the_photo_with_the_overlap_and_no_more_than_the_tile(length
     assert cover.min() >= 1 and side <= 1536 and starts[0] == 0 and starts[-1] + side == length
     assert all(starts[i] + side - starts[i + 1] >= 192 for i in range(len(starts) - 1))
     assert sum(cover) <= 1.25 * length or length <= 1536  # the overlap costs at most a quarter more
+
+
+def test_python_api_defaults_are_the_clis(monkeypatch):
+    import torch
+
+    import faceveil.models.photo_api as api
+
+    seen = []
+
+    def stop(name):
+        seen.append((name, torch.get_num_threads()))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(api, "_backbone", stop)
+    monkeypatch.setenv("FACEVEIL_BACKBONE", "ldm-ffhq")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            api.anonymize_photo(np.zeros((8, 8, 3), np.uint8), SecretKey.generate())
+        monkeypatch.delenv("FACEVEIL_BACKBONE")
+        with pytest.raises(RuntimeError, match="stop"):
+            api.anonymize_photo(np.zeros((8, 8, 3), np.uint8), SecretKey.generate(), threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [("ldm-ffhq", 1), ("sd2-inpaint", 2)]
