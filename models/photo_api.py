@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from faceveil.data.faces import FaceDetector
-from faceveil.data.photo_detect import DEFAULT_TILE, LEFT, FacePolicy, NoFaceError, detect_in_photo
+from faceveil.data.photo_detect import DEFAULT_TILE, LEFT, SIDEWAYS, FacePolicy, NoFaceError, detect_in_photo
 from faceveil.data.photo_regions import with_regions
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, load_key
@@ -51,8 +51,9 @@ class PhotoFinder:
     """Detect the faces of a photo and plan each one's treatment (:class:`FacePolicy`)."""
 
     def __init__(self, size: int, detector: str | FaceDetector = DEFAULT_DETECTOR, policy: FacePolicy | None = None,
-                 tile: int = DEFAULT_TILE) -> None:
+                 tile: int = DEFAULT_TILE, sideways: bool = False) -> None:
         self.size = int(size)
+        self.turns = SIDEWAYS if sideways else ()
         self.detector = _detector(detector) if isinstance(detector, str) else detector
         self.policy = policy or FacePolicy()
         self.tile = int(tile)
@@ -60,7 +61,7 @@ class PhotoFinder:
     def find(self, image: np.ndarray, source: str | None = None, regions: Sequence[np.ndarray] = ()) -> list[PhotoFace]:
         """Every found face and every face given by hand (``regions``: boxes x0, y0, x1, y1), planned;
         raises :class:`NoFaceError` when there is none."""
-        found = with_regions(detect_in_photo(image, self.detector, self.tile, source), list(regions), image.shape[:2])
+        found = with_regions(detect_in_photo(image, self.detector, self.tile, source, self.turns), list(regions), image.shape[:2])
         if not found:
             raise NoFaceError("no face found")
         return plan_faces(image, found, self.size, self.policy)

@@ -305,3 +305,18 @@ def test_python_api_defaults_are_the_clis(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [("ldm-ffhq", 1), ("sd2-inpaint", 2)]
+
+
+def test_sideways_search_finds_faces_lying_down_in_the_photos_pixels():
+    from faceveil.data.faces import Face
+    from faceveil.data.photo_detect import _turned_back
+
+    # A point and a box found in the turned picture come back to where they are in the photo.
+    h, w = 7, 11
+    for k in (1, 2, 3):
+        img = np.zeros((h, w), int)
+        img[2, 9] = 1  # x = 9, y = 2
+        y, x = np.argwhere(np.rot90(img, k))[0]
+        pt = np.array([[x, y]] * 5, float)
+        f = _turned_back(Face(np.array([x, y, x + 1, y + 1], float), 1.0, pt, pt, "five"), k, (h, w))
+        assert np.array_equal(f.landmarks5[0], [9, 2]) and np.array_equal(f.bbox, [9, 2, 10, 3]), k

@@ -72,7 +72,7 @@ def run_photos(args: argparse.Namespace) -> int:
             raise InputError(str(exc)) from None
     else:
         photos = PhotoAnonymizer(None)  # covers only: no model to load
-    finder = PhotoFinder(photos.size, args.detector, policy, args.detect_size)
+    finder = PhotoFinder(photos.size, args.detector, policy, args.detect_size, args.sideways)
     pending: list[PhotoItem] = []
 
     def flush() -> None:

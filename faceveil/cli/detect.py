@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     check_output_folder(args.inputs, args.output)
     report = Report("detect")
-    finder = PhotoFinder(PLAN_SIZE, args.detector, face_policy(args), args.detect_size)
+    finder = PhotoFinder(PLAN_SIZE, args.detector, face_policy(args), args.detect_size, args.sideways)
     regions = hand_regions(args)
     for src, dst in planned_outputs(args.inputs, args.output, args.overwrite, report):
         try:
