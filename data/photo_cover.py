@@ -61,3 +61,16 @@ def apply_cover(photo: np.ndarray, region: Region, method: str) -> None:
     covered = covered_pixels(np.ascontiguousarray(view), method)
     inside = region.inside
     view[inside] = covered[inside]
+
+
+MARK_COLOUR = (255, 0, 255)  # magenta: seldom a skin or hair colour
+
+
+def mark_region(photo: np.ndarray, region: Region) -> None:
+    """Draw a visible edge just inside ``region`` (``--mark``: "this face is synthetic"); only
+    pixels inside the region change, so the file's sealed region still restores them."""
+    inside = region.inside.astype(np.uint8)
+    thick = max(1, round(np.sqrt(region.pixels) / 60))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * thick + 1, 2 * thick + 1))
+    edge = inside.astype(bool) & ~cv2.erode(inside, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    photo[region.slices()][edge] = MARK_COLOUR

@@ -29,7 +29,7 @@ import numpy as np
 from faceveil.data.align import ffhq_matrix, warp_face
 from faceveil.data.faces import Face
 from faceveil.data.photo_align import Region, context_crop, context_photo, face_crop, face_region, paste_face
-from faceveil.data.photo_cover import COVERS, apply_cover, cover_region
+from faceveil.data.photo_cover import COVERS, apply_cover, cover_region, mark_region
 from faceveil.data.photo_detect import LEFT, FacePolicy, face_treatments
 from faceveil.data.photo_mask import crop_mask
 from faceveil.errors import InputError
@@ -144,6 +144,13 @@ def cover_faces(photo: np.ndarray, faces: Sequence[PhotoFace]) -> np.ndarray:
     for f in covered:
         apply_cover(out, f.region(out.shape[:2]), f.treatment)
     return out
+
+
+def mark_synthetic(vp: VeiledPhoto) -> None:
+    """Draw the ``--mark`` edge inside each diffusion face's region of ``vp.image`` (in place)."""
+    for f in vp.faces:
+        if f.treatment == "diffusion":
+            mark_region(vp.image, f.region(vp.image.shape[:2]))
 
 
 class PhotoAnonymizer:

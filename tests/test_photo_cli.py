@@ -239,3 +239,17 @@ def test_detect_previews_and_its_json_goes_back_as_hand_regions(tmp_path, keyfil
     assert (load_image(tmp_path / "anon" / "t1.png")[705:755, 1105:1155] == 0).all()
     assert main(["detect", str(src), "-o", str(tmp_path / "bad"), "--region", "1,2,3"]) == 2
     assert "expected x,y,w,h" in capsys.readouterr().err
+
+
+def test_mark_draws_inside_the_synthetic_faces_and_recovers_exactly(tmp_path, keyfile, capsys):
+    from faceveil.data.photo_cover import MARK_COLOUR
+
+    src = tmp_path / "g.png"
+    save_image(src, load_image(sample_photo_path("grace_hopper")))
+    out = tmp_path / "out"
+    assert main(["anonymize", str(src), "-o", str(out), "--key", str(keyfile), "--mark", *FAST]) == 0
+    image = load_image(out / "g.png")
+    marked = (image == MARK_COLOUR).all(-1)
+    assert marked.sum() > 200
+    assert main(["recover", str(out / "g.png"), "-o", str(tmp_path / "back"), "--key", str(keyfile)]) == 0
+    assert np.array_equal(load_image(tmp_path / "back" / "g.png"), load_image(src))

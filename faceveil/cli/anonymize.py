@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-anonymized", action="store_true", help="anonymize faceveil outputs again (refused by default)")
     g = p.add_argument_group("photos (default mode)")
     add_face_args(g)
+    g.add_argument("--mark", action="store_true",
+                   help="draw a magenta edge just inside each synthetic face, so that viewers can tell (recovered exactly)")
     g.add_argument("--keep-faceless", action="store_true", help="write photos without a face unchanged (as PNG without metadata)")
     g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger photos (default {DEFAULT_MAX_PIXELS}: what a file can hold; $FACEVEIL_MAX_PIXELS)")
     a = p.add_argument_group("aligned crops")

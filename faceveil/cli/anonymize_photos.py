@@ -43,7 +43,7 @@ def run_photos(args: argparse.Namespace) -> int:
     from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError, InputError
     from faceveil.keys import load_key
-    from faceveil.models.photo import PhotoAnonymizer, treatment_summary
+    from faceveil.models.photo import PhotoAnonymizer, mark_synthetic, treatment_summary
     from faceveil.models.photo_api import PhotoFinder, save_result
     from faceveil.models.pipeline import Anonymizer
     from faceveil.cli.anonymize import output_suffix, record_options
@@ -86,6 +86,8 @@ def run_photos(args: argparse.Namespace) -> int:
                 report.fail(it.src, exc)
             veiled = []
         for it, vp in zip(pending, veiled):
+            if args.mark:
+                mark_synthetic(vp)
             bar.set_postfix_str(f"writing {it.src.name}")
             try:
                 save_result(it.dst, vp, key, **record_options(args, it.src))
