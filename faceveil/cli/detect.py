@@ -14,7 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from faceveil.cli.common import Report, check_output_folder, planned_outputs, quiet_libraries
@@ -51,6 +50,8 @@ def face_entries(faces) -> list[dict]:
 def draw_faces(image: np.ndarray, faces) -> np.ndarray:
     """A copy of ``image`` with each face's box and a label ``index treatment score size``; a small
     photo is enlarged (pixels kept square) so that the labels fit."""
+    import cv2
+
     zoom = max(1, -(-800 // max(image.shape[:2])))
     out = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) if zoom > 1 else image.copy()
     thick = max(1, round(max(out.shape[:2]) / 800))
