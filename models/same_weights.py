@@ -1,6 +1,7 @@
 """Does a loaded backbone hold the weights an anonymized file was made with?
 
-Recovery with other weights silently produces another face, so recovery compares two ids:
+Recovery with other weights silently produces another face, so recovery compares the base weights'
+own SHA-256 where the file records it (version 3: ``Backbone.extra["base_sha256"]``, sealed), and two ids:
 
 - the *base* id: the layout and where its weights came from (``tiny``, ``sd2-inpaint:random:0``,
   ``sd2-inpaint:stabilityai/...``), in the canonical form ``load_backbone`` gives ``Backbone.spec``;
@@ -57,10 +58,21 @@ class WeightsMismatch:
         return f"made with {self.needs}, but {self.loaded} is loaded; {self.how}"
 
 
-def weights_mismatch(recorded_backbone: str, recorded_adapter: str | None, bb: Backbone) -> WeightsMismatch | None:
-    """None when ``bb`` holds the weights a file records (base id and adapter hash), else what differs."""
+def weights_mismatch(recorded_backbone: str, recorded_adapter: str | None, bb: Backbone,
+                     recorded_base_sha256: str | None = None) -> WeightsMismatch | None:
+    """None when ``bb`` holds the weights a file records (base id, the base weights' own hash when the
+    file has one, and the adapter hash), else what differs."""
     file_base = canonical_base(recorded_backbone)
     have_base, have_adapter = loaded_base(bb), bb.adapter_hash
+    have_hash = (bb.extra or {}).get("base_sha256")
+    if recorded_base_sha256 and have_hash and recorded_base_sha256 != have_hash:
+        # Same name, other weights: another seed, another hub revision, a retrained autoencoder.
+        return WeightsMismatch(
+            f"{escape(file_base or recorded_backbone)} weights sha256 {escape(recorded_base_sha256[:12])}",
+            f"{escape(have_base)} weights sha256 {have_hash[:12]}",
+            "recover with the very weights it was made with (the same revision and files), or --force to try these "
+            "anyway (the face will be wrong)",
+        )
     if recorded_adapter == have_adapter and (file_base is None or file_base == have_base):
         return None
     if file_base is None and recorded_adapter:

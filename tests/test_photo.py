@@ -320,3 +320,28 @@ def test_sideways_search_finds_faces_lying_down_in_the_photos_pixels():
         pt = np.array([[x, y]] * 5, float)
         f = _turned_back(Face(np.array([x, y, x + 1, y + 1], float), 1.0, pt, pt, "five"), k, (h, w))
         assert np.array_equal(f.landmarks5[0], [9, 2]) and np.array_equal(f.bbox, [9, 2, 10, 3]), k
+
+
+
+def test_version_2_photo_files_replay_with_a_warning_and_refuse_other_weights(t1_result, tmp_path, capsys):
+    import copy
+
+    from faceveil.cli import main
+    from faceveil.keys import save_key
+    from faceveil.photofile import write_photo_v2
+
+    key, _, result = t1_result
+    original = load_image(sample_photo_path("t1_group"))
+    keyfile = save_key(key, tmp_path / "me.key")
+    write_photo_v2(tmp_path / "pub" / "t1.png", result, key)
+    assert main(["recover", str(tmp_path / "pub"), "-o", str(tmp_path / "rec"), "--key", str(keyfile), "--device", "cpu"]) == 0
+    assert np.array_equal(load_image(tmp_path / "rec" / "t1.png"), original)
+    assert "version 2 file: recovered by replaying the model" in capsys.readouterr().err
+    # The same photo recorded as made with other base weights: photo files now get the weights check too.
+    other = copy.deepcopy(result)
+    for f in other.faces:
+        f.veiled.backbone = "sd2-inpaint:random:7"
+    write_photo_v2(tmp_path / "pub2" / "t1.png", other, key)
+    assert main(["recover", str(tmp_path / "pub2"), "-o", str(tmp_path / "rec2"), "--key", str(keyfile),
+                 "--backbone", "tiny", "--device", "cpu"]) == 1
+    assert "wrong weights" in capsys.readouterr().err and not (tmp_path / "rec2" / "t1.png").exists()

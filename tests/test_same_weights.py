@@ -27,3 +27,20 @@ def test_mismatch_on_base_or_adapter(tiny_backbone):
         tiny_backbone.adapter_hash = None
     # Untrusted header text is printed escaped, on one line.
     assert "\n" not in str(weights_mismatch("evil\nrecovered 1 (key verified)", None, tiny_backbone))
+
+
+def test_base_weights_hash_tells_other_weights_of_one_name():
+    import torch
+
+    from faceveil.models.backbones import Backbone, load_backbone, tiny_components, weights_sha256
+    from faceveil.models.same_weights import weights_mismatch
+
+    tiny = load_backbone("tiny")
+    other = Backbone(name="tiny", spec="tiny", **tiny_components(1))  # same name, another seed
+    assert tiny.extra["base_sha256"] == weights_sha256(Backbone(name="tiny", spec="tiny", **tiny_components(0)))
+    assert weights_sha256(other) != tiny.extra["base_sha256"]
+    # Hashed before the dtype cast: the weights, not the precision they run in.
+    assert load_backbone("tiny", dtype=torch.bfloat16).extra["base_sha256"] == tiny.extra["base_sha256"]
+    assert weights_mismatch("tiny", None, tiny, tiny.extra["base_sha256"]) is None
+    why = weights_mismatch("tiny", None, tiny, weights_sha256(other))
+    assert why is not None and "weights sha256" in str(why) and "--force" in str(why)

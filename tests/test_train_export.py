@@ -145,9 +145,8 @@ def test_cli_export_anonymize_recover_and_push(run, faces, tmp_path):
     assert main(["keygen", "-o", str(key)]) == 0
     assert main(["anonymize", str(src), "-o", str(tmp_path / "veiled"), "--key", str(key), "--mask", str(mdir),
                  "--backbone", str(out), "--steps", "6", "--batch-size", "2"]) == 0
-    # The file names the adapter by name and hash, never by its local path: recovery is told where it is.
-    assert main(["recover", str(tmp_path / "veiled"), "-o", str(tmp_path / "rec"), "--key", str(key)]) == 1
-    assert main(["recover", str(tmp_path / "veiled"), "-o", str(tmp_path / "rec"), "--key", str(key), "--backbone", str(out)]) == 0
+    # A version 3 file opens with the key alone: no export, no base model.
+    assert main(["recover", str(tmp_path / "veiled"), "-o", str(tmp_path / "rec"), "--key", str(key)]) == 0
     for i in range(len(images)):
         veiled = np.array(Image.open(tmp_path / "veiled" / f"f{i}.png").convert("RGB"))
         rec = np.array(Image.open(tmp_path / "rec" / f"f{i}.png").convert("RGB"))
@@ -354,9 +353,15 @@ def test_recover_refuses_other_weights_unless_forced(exported, faces, tmp_path, 
     key = tmp_path / "k.key"
     assert main(["keygen", "-o", str(key)]) == 0
     common = ["--key", str(key), "--device", "cpu"]
+    # Version 2 files, which recover by replaying the model: the weights check is theirs.
+    from faceveil.fileformat.write import write_veiled_v2
+    from faceveil.keys import load_key
+
     for name, backbone in (("ex", str(exported)), ("base", "tiny")):
-        assert main(["anonymize", str(src), "-o", str(tmp_path / name), "--mask", str(tmp_path / "m.png"),
-                     "--backbone", backbone, "--steps", "6", *common]) == 0
+        bb = load_backbone(backbone)
+        settings = Settings(**{**(bb.extra.get("settings") or {}), "steps": 6})
+        [v] = Anonymizer(bb, settings).anonymize([images[0]], [masks[0]], load_key(key))
+        write_veiled_v2(tmp_path / name / "f.png", v, load_key(key))
     capsys.readouterr()
 
     def recover(veiled: str, out: str, *extra: str) -> tuple[int, str]:
@@ -402,8 +407,10 @@ def test_evaluation_runs_an_export_at_its_recorded_size_and_settings(exported, t
     m = run_evaluation(cfg)
     assert m["config"]["data"]["size"] == 64  # the export was trained at 64 px
     files = list((tmp_path / "eval" / "cache").glob("ours-adapters-*/*.png"))
-    header = read_header(next(f for f in files if not f.name.endswith(".rec.png")))
-    assert (header["scheme"], header["steps"], header["transform"]) == ("exact", 6, "rotation")  # the manifest's, not model.*
-    assert header["adapter"] == {"name": exported.name, "sha256": file_sha256(exported / LORA_WEIGHTS)}  # never a path
+    from faceveil.keys import load_key
+
+    v = read_veiled(next(f for f in files if not f.name.endswith(".rec.png")), load_key(tmp_path / "eval" / "eval.key"))
+    assert (v.settings.scheme, v.settings.steps, v.settings.transform) == ("exact", 6, "rotation")  # the manifest's, not model.*
+    assert (v.adapter_name, v.adapter_hash) == (exported.name, file_sha256(exported / LORA_WEIGHTS))  # sealed, never a path
     assert m["methods"]["ours-adapters"]["recovery"]["file"]["exact"] == 1.0
     assert any("trained at 64 px" in n for n in m["notes"]) and any("recorded settings" in n for n in m["notes"])

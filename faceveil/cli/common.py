@@ -67,6 +67,8 @@ def resolve_settings(args: argparse.Namespace, backbone):  # -> Settings
             scheme=args.scheme or recorded.get("scheme", default.scheme),
             steps=args.steps or int(recorded.get("steps", default.steps)),
             transform=args.transform or recorded.get("transform", default.transform),
+            # Files seal the original pixels (format v3): the autoencoder residual, and the decode it costs, buy nothing.
+            residual=False,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

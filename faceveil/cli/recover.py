@@ -161,7 +161,7 @@ def same_weights_only(batch: list, bb, force: bool, report: Report, bar) -> list
 
     kept = []
     for it in batch:
-        why = weights_mismatch(it[2].backbone, it[2].adapter_hash, bb)
+        why = weights_mismatch(it[2].backbone, it[2].adapter_hash, bb, it[2].base_sha256)
         if why is None:
             kept.append(it)
         elif force:

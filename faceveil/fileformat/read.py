@@ -191,9 +191,13 @@ def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force:
         raise FormatError(f"{path}: no faceveil metadata (stripped or re-encoded?)")
     header = _parse_header(path, layout.chunks[HEADER_CHUNK])
     bypassed: list[str] = []
-    if key is not None and (layout.foreign or (layout.bit_depth, layout.color_type, layout.interlace) != (8, 2, 0)):
-        what = (f"PNG chunks {', '.join(sorted(set(layout.foreign)))[:120]} are" if layout.foreign else "the PNG's pixel layout is") + \
-            " not part of a faceveil file (they change what a viewer shows); the file was altered after anonymization"
+    if (layout.bit_depth, layout.color_type, layout.interlace) != (8, 2, 0):
+        # Never bypassed: decoding another layout (16-bit, alpha, palette) is not what faceveil wrote,
+        # and costs up to 8 bytes a pixel.
+        raise TamperedError(f"{path}: the PNG is not 8-bit RGB without interlacing, as faceveil writes it (altered)")
+    if key is not None and layout.foreign:
+        what = (f"PNG chunks {escape(', '.join(sorted(set(layout.foreign))), 120)} are not part of a faceveil file "
+                "(they change what a viewer shows); the file was altered after anonymization")
         if not force:
             raise TamperedError(f"{path}: {what}")
         bypassed.append(what)

@@ -85,8 +85,9 @@ def read_v1(path: Path, header: dict[str, Any], payload: bytes, image_loader, ke
     try:
         h, w = (int(v) for v in header["image_size"])
         inflater = zlib.decompressobj()
-        # Bound the inflated size by the image (64 bytes a pixel covers mask, state and residual).
-        raw = inflater.decompress(payload, 64 * h * w + (1 << 20))
+        # Bound the inflated size by the image: mask (1 byte a pixel), lattice state (under 1) and
+        # residual (6) fit in 8 bytes a pixel.
+        raw = inflater.decompress(payload, 8 * h * w + (1 << 20))
         if inflater.unconsumed_tail:
             raise ValueError("payload larger than its image allows")
         arrays = st_load(raw)
