@@ -145,6 +145,13 @@ def _ranked(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: ranks(sc) for name, sc in features.items()}
 
 
+def pair_invariants(state: torch.Tensor) -> torch.Tensor:
+    """(N, 3): the norms of both halves of a (N, 2, C, h, w) scheme state and their inner product.
+    One keyed rotation applied to both halves keeps all three."""
+    f = state.reshape(state.shape[0], 2, -1).double()
+    return torch.stack([f[:, 0].norm(dim=1), f[:, 1].norm(dim=1), (f[:, 0] * f[:, 1]).sum(1)], 1)
+
+
 def _trial(pipe: LatentPipe, attackers: dict[str, LatentPipe], settings: Sequence[Setting], cases: list[np.ndarray],
            mask: np.ndarray, reconstruct_iters: int) -> dict[str, dict[str, Any]]:
     """One background: per setting and attack, the true match's rank per feature (or estimates)."""
@@ -161,8 +168,11 @@ def _trial(pipe: LatentPipe, attackers: dict[str, LatentPipe], settings: Sequenc
         keyed, anon, anon_z0 = _keyed(pipe, cases, masks, true_noise, c, s.key_fn(c.mask_lat, 0))
         _, anon2, _ = _keyed(pipe, cases, masks, true_noise, c, s.key_fn(c.mask_lat, 1))
         where = torch.ones_like(inside) if s.region == "whole" else inside
+        granted = noise_scores(keyed[:, 0], true_x, inside)
+        if keyed.shape[1] == 2 and true_noise.shape[1] == 2:
+            granted["norms and inner product of both halves"] = -torch.cdist(pair_invariants(keyed), pair_invariants(true_noise)).numpy()
         row: dict[str, Any] = {
-            "file -> original (state public)": _ranked(noise_scores(keyed[:, 0], true_x, inside)),
+            "file -> original (state public)": _ranked(granted),
             "prior estimator (state public)": prior_estimates(keyed[:, 0], true_x, where),
         }
         # An autoencoder that inverts the decoder exactly: the strongest attacker from pixels.

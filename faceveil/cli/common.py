@@ -55,8 +55,11 @@ def add_scheme_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_settings(args: argparse.Namespace, backbone):  # -> Settings
-    """Explicit options win, then the settings an export recorded, then the defaults."""
+def resolve_settings(args: argparse.Namespace, backbone, residual: bool = False):  # -> Settings
+    """Explicit options win, then the settings an export recorded, then the defaults.
+
+    ``residual`` is off for commands that write files: version 3 files seal the original pixels,
+    so the autoencoder residual, and the decode it costs, buy nothing there."""
     from faceveil.errors import InputError
     from faceveil.models.settings import Settings
 
@@ -67,8 +70,7 @@ def resolve_settings(args: argparse.Namespace, backbone):  # -> Settings
             scheme=args.scheme or recorded.get("scheme", default.scheme),
             steps=args.steps or int(recorded.get("steps", default.steps)),
             transform=args.transform or recorded.get("transform", default.transform),
-            # Files seal the original pixels (format v3): the autoencoder residual, and the decode it costs, buy nothing.
-            residual=False,
+            residual=residual,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
     try:
-        result = measure_roundtrip(backbone, image, mask, resolve_settings(args, backbone))
+        result = measure_roundtrip(backbone, image, mask, resolve_settings(args, backbone, residual=True))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     print(json.dumps(result, indent=2))
