@@ -50,8 +50,16 @@ def core_ellipse(landmarks5: np.ndarray, size: int) -> np.ndarray:
     return mask.astype(bool)
 
 
-def crop_mask(face: Face, matrix: np.ndarray, crop: np.ndarray, forehead: float = 0.35, ears: float = 0.06) -> np.ndarray:
+# How far the landmark hull is grown, as fractions of the face (see landmark_mask): "face" reaches
+# the hairline and takes the ears (ears stand out about a fifth of the face's width beyond the jaw
+# line's widest points); "head" also takes the hair around the face.
+MASK_EXTENTS: dict[str, tuple[float, float]] = {"face": (0.45, 0.2), "head": (0.9, 0.32)}  # (forehead, ears)
+DEFAULT_MASK_EXTENT = "face"
+
+
+def crop_mask(face: Face, matrix: np.ndarray, crop: np.ndarray, extent: str = DEFAULT_MASK_EXTENT) -> np.ndarray:
     """``(S, S)`` bool facial mask of ``face`` in its aligned ``crop``."""
+    forehead, ears = MASK_EXTENTS[extent]
     size = crop.shape[0]
     lm5 = transform_points(face.landmarks5, matrix)
     dense = predicted_landmarks(crop) if face.scheme == "five" else transform_points(face.landmarks, matrix)

@@ -29,6 +29,8 @@ import numpy as np
 from faceveil.data.align import ffhq_matrix, warp_face
 from faceveil.data.faces import Face
 from faceveil.data.photo_align import Region, context_crop, context_photo, face_crop, face_region, paste_face
+from faceveil.data.photo_cover import COVERS, apply_cover, cover_region, mark_region
+from faceveil.data.photo_detect import LEFT, FacePolicy, face_treatments
 from faceveil.data.photo_mask import crop_mask
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, new_nonce
@@ -46,21 +48,32 @@ def native_size(backbone: Backbone) -> int:
 
 @dataclass
 class PhotoFace:
-    """One face of a photo. ``matrix`` maps photo pixels to crop pixels."""
+    """One face of a photo and what it gets (``treatment``): ``"diffusion"`` (aligned by
+    ``matrix``, photo pixels -> crop pixels, inside the crop ``mask``), an irreversible cover
+    (``"blur"``, ``"pixelate"``, ``"box"``: an ellipse around ``bbox``, ``veiled`` None), or
+    ``"left"`` as it was (only on request; no region). ``why`` says why a face does not get the
+    method asked for."""
 
     index: int  # rank among the faces detected in the photo, left to right
-    matrix: np.ndarray  # (2, 3) float64
-    mask: np.ndarray  # (S, S) bool crop mask
+    matrix: np.ndarray | None  # (2, 3) float64; None for a covered or left face
+    mask: np.ndarray | None  # (S, S) bool crop mask; None for a covered or left face
     bbox: np.ndarray | None = None  # (4,) detector box in photo pixels (not stored in files)
     score: float | None = None
     veiled: Veiled | None = None  # the anonymized crop and its recovery data
+    treatment: str = "diffusion"
+    why: str | None = None
 
     @property
     def size(self) -> int:
         return int(self.mask.shape[0])
 
     def region(self, hw: tuple[int, int]) -> Region | None:
-        return face_region(self.mask, self.matrix, hw)
+        """Every photo pixel this face's treatment may change (``None``: none)."""
+        if self.treatment == "diffusion":
+            return face_region(self.mask, self.matrix, hw)
+        if self.treatment in COVERS and self.bbox is not None:
+            return cover_region(self.bbox, hw)
+        return None
 
 
 @dataclass
@@ -74,57 +87,103 @@ class VeiledPhoto:
     original: np.ndarray | None = None  # the input photo, in memory only: files seal its face regions
 
 
-def plan_faces(photo: np.ndarray, faces: Sequence[Face], indices: Sequence[int], size: int) -> list[PhotoFace]:
-    """Align and mask the chosen faces. Raises :class:`InputError` for a face that cannot be
-    handled: a photo is never written with a chosen face left as it was."""
+def plan_faces(photo: np.ndarray, faces: Sequence[Face], size: int, policy: FacePolicy | None = None) -> list[PhotoFace]:
+    """One :class:`PhotoFace` per found face, with its treatment (:func:`face_treatments`). A face
+    the diffusion cannot take (alignment fails, its mask misses the photo) gets ``policy.cover``."""
+    policy = policy or FacePolicy()
+    hw = photo.shape[:2]
     out = []
-    for i in indices:
-        f = faces[i]
-        try:
-            matrix = ffhq_matrix(f.landmarks5, size)
-            mask = crop_mask(f, matrix, warp_face(photo, matrix, size))
-        except ValueError as exc:
-            raise InputError(f"face {i}: {exc}") from None
-        pf = PhotoFace(index=i, matrix=matrix, mask=mask, bbox=np.asarray(f.bbox, dtype=np.float64), score=f.score)
-        if pf.region(photo.shape[:2]) is None:
-            raise InputError(f"face {i}: its mask does not reach the photo")
+    for i, (f, (treatment, why)) in enumerate(zip(faces, face_treatments(list(faces), policy))):
+        pf = PhotoFace(index=i, matrix=None, mask=None, bbox=np.asarray(f.bbox, dtype=np.float64), score=f.score,
+                       treatment=treatment, why=why)
+        if treatment == "diffusion":
+            try:
+                pf.matrix = ffhq_matrix(f.landmarks5, size)
+                pf.mask = crop_mask(f, pf.matrix, warp_face(photo, pf.matrix, size), policy.mask_extent)
+                if pf.region(hw) is None:
+                    raise ValueError("its mask does not reach the photo")
+            except ValueError as exc:
+                pf.matrix = pf.mask = None
+                pf.treatment, pf.why = policy.cover, f"alignment failed: {exc}"
+        if pf.treatment in COVERS and pf.region(hw) is None:
+            pf.treatment, pf.why = LEFT, "its box lies outside the photo"
         out.append(pf)
     return out
 
 
+def treatment_summary(faces: Sequence[PhotoFace]) -> str:
+    """One line: what the faces got, and why where it is not the method asked for, e.g.
+    ``6 faces: 4 diffusion, 2 blur (under --min-face 20 px: faces 3, 5)``."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for f in faces:
+        groups.setdefault((f.treatment, f.why), []).append(f.index)
+    parts = []
+    for (treatment, why), idx in groups.items():
+        who = f"face{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}"
+        parts.append(f"{len(idx)} {treatment}" + (f" ({why}: {who})" if why else ""))
+    return f"{len(faces)} face{'s' if len(faces) != 1 else ''}: {', '.join(parts)}"
+
+
 @dataclass
 class _Job:
-    photo: np.ndarray
-    faces: list[PhotoFace]
+    original: np.ndarray  # the input photo
+    photo: np.ndarray  # the photo with its covers already on
+    all_faces: list[PhotoFace]
+    faces: list[PhotoFace]  # those the diffusion takes
     regions: list[Region]
     context: np.ndarray
     crops: list[np.ndarray]
 
 
+def cover_faces(photo: np.ndarray, faces: Sequence[PhotoFace]) -> np.ndarray:
+    """A copy of ``photo`` with the covered faces' covers on (the photo itself when there are none)."""
+    covered = [f for f in faces if f.treatment in COVERS]
+    if not covered:
+        return photo
+    out = photo.copy()
+    for f in covered:
+        apply_cover(out, f.region(out.shape[:2]), f.treatment)
+    return out
+
+
+def mark_synthetic(vp: VeiledPhoto) -> None:
+    """Draw the ``--mark`` edge inside each diffusion face's region of ``vp.image`` (in place)."""
+    for f in vp.faces:
+        if f.treatment == "diffusion":
+            mark_region(vp.image, f.region(vp.image.shape[:2]))
+
+
 class PhotoAnonymizer:
     """Anonymize and recover whole photos with one :class:`Anonymizer` (crops at its native size)."""
 
-    def __init__(self, anonymizer: Anonymizer, batch_size: int = 4) -> None:
+    def __init__(self, anonymizer: Anonymizer | None, batch_size: int = 4) -> None:
+        """``anonymizer`` may be None when every face gets a cover (no model is loaded)."""
         self.anonymizer = anonymizer
         self.batch_size = max(1, int(batch_size))
-        self.size = native_size(anonymizer.backbone)
+        self.size = native_size(anonymizer.backbone) if anonymizer is not None else 0
 
     def _crops(self, items: list[tuple[np.ndarray, list[PhotoFace]]]) -> list[_Job]:
         jobs = []
-        for photo, faces in items:
+        for original, all_faces in items:
+            photo = cover_faces(original, all_faces)
+            faces = [f for f in all_faces if f.treatment == "diffusion"]
             regions = [f.region(photo.shape[:2]) for f in faces]
             if any(r is None for r in regions):
                 raise InputError("a face's mask does not reach the photo")
             context = context_photo(photo, regions)
             crops = [face_crop(photo, context, f.matrix, f.mask) for f in faces]
-            jobs.append(_Job(photo, faces, regions, context, crops))
+            jobs.append(_Job(original, photo, list(all_faces), faces, regions, context, crops))
         return jobs
 
     def anonymize(self, items: Sequence[tuple[np.ndarray, list[PhotoFace]]], key: SecretKey) -> list[VeiledPhoto]:
         """Anonymize photos, each with its planned faces (:func:`plan_faces`); crops of all photos
-        share batches."""
+        share batches. Covers go on first, so the diffusion's context is what the output shows; the
+        sealed residual covers the diffusion regions only (a covered face's original pixels are for
+        the v3 file format to seal)."""
         jobs = self._crops(list(items))
         flat = [(j, k) for j, job in enumerate(jobs) for k in range(len(job.faces))]
+        if flat and self.anonymizer is None:
+            raise InputError("faces planned for the diffusion, but no backbone was loaded")
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start : start + self.batch_size]
             veiled = self.anonymizer.anonymize(
@@ -142,8 +201,8 @@ class PhotoAnonymizer:
             for f, crop, r in zip(job.faces, job.crops, job.regions):
                 paste_face(rebuilt, crop, f.matrix, r)
             nonce = new_nonce()
-            sealed = seal_photo_residual(job.photo, rebuilt, job.regions, key, nonce)
-            out.append(VeiledPhoto(image, job.faces, nonce, sealed, original=job.photo))
+            sealed = seal_photo_residual(job.photo, rebuilt, job.regions, key, nonce) if job.faces else None
+            out.append(VeiledPhoto(image, job.all_faces, nonce, sealed, original=job.original))
         return out
 
     def recover(self, photos: Sequence[VeiledPhoto], key: SecretKey, force: bool = False) -> list[np.ndarray]:
@@ -153,16 +212,17 @@ class PhotoAnonymizer:
         jobs = []
         for vp in photos:
             hw = vp.image.shape[:2]
-            regions = [f.region(hw) for f in vp.faces]
+            faces = [f for f in vp.faces if f.treatment == "diffusion"]
+            regions = [f.region(hw) for f in faces]
             if any(r is None for r in regions):
                 raise InputError("a face record does not reach the photo")
             context = context_photo(vp.image, regions)
-            for f in vp.faces:
+            for f in faces:
                 if f.veiled is None:
                     raise InputError(f"face {f.index} has no recovery record")
                 f.veiled.image = context_crop(context, f.matrix, f.size)
-            jobs.append((vp, regions, context))
-        flat = [(vp, f) for vp, _, _ in jobs for f in vp.faces]
+            jobs.append((vp, faces, regions, context))
+        flat = [(vp, f) for vp, faces, _, _ in jobs for f in faces]
         recovered: dict[int, np.ndarray] = {}
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start : start + self.batch_size]
@@ -170,8 +230,8 @@ class PhotoAnonymizer:
             for (_, f), r in zip(chunk, rec):
                 recovered[id(f)] = r.image
         out = []
-        for vp, regions, rebuilt in jobs:
-            for f, r in zip(vp.faces, regions):
+        for vp, faces, regions, rebuilt in jobs:
+            for f, r in zip(faces, regions):
                 paste_face(rebuilt, recovered[id(f)], f.matrix, r)
             plain = open_photo_residual(vp.sealed_residual, regions, key, vp.nonce) if vp.sealed_residual else None
             if plain is not None:

@@ -155,7 +155,9 @@ class Anonymizer:
         h, w, c = next(iter(shapes))
         m = self.backbone.size_multiple
         if c != 3 or h % m or w % m:
-            raise InputError(f"image is {w}x{h}; {self.backbone.name} needs RGB sides that are multiples of {m}")
+            raise InputError(f"image is {w}x{h}; {self.backbone.name} needs RGB sides that are multiples of {m}: "
+                             f"pad or crop it to {w + -w % m}x{h + -h % m} ('faceveil anonymize --aligned' pads and cuts back "
+                             f"for you; for shards, prepare them again with a --size that is a multiple of {m})")
         for mask in masks:
             if mask.shape != (h, w):
                 raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")

@@ -122,7 +122,7 @@ def test_overlapping_faces_and_a_face_cut_by_the_border(tiny_backbone, photo_too
     moved = dataclasses.replace(face, bbox=face.bbox - [cut, 0, cut, 0], landmarks5=face.landmarks5 - shift, landmarks=face.landmarks5 - shift)
     eye = np.hypot(*(face.landmarks5[1] - face.landmarks5[0]))
     second = dataclasses.replace(moved, landmarks5=moved.landmarks5 + [0.8 * eye, 0.3 * eye], landmarks=moved.landmarks5 + [0.8 * eye, 0.3 * eye])
-    faces = plan_faces(photo, [moved, second], [0, 1], 256)
+    faces = plan_faces(photo, [moved, second], 256)
     a, b = (f.region(photo.shape[:2]) for f in faces)
     both = np.zeros(photo.shape[:2], int)
     both[a.slices()] += a.inside
@@ -177,24 +177,150 @@ def test_photo_residual_opens_only_with_its_key_and_regions():
     assert np.array_equal(base[inside], original[inside])
 
 
-def test_detection_on_a_downscaled_copy_and_face_policy():
+def test_tiled_pyramid_finds_big_and_small_faces_once_each():
+    import cv2
+
     from faceveil.data.detect_centerface import CenterFaceDetector
-    from faceveil.data.faces import Face
-    from faceveil.data.photo_detect import detect_in_photo, select_faces
+    from faceveil.data.photo_detect import detect_in_photo, pyramid_scales
 
     det = CenterFaceDetector()
-    image = load_image(sample_photo_path("t1_group"))
-    full = det.detect(image)
-    small = detect_in_photo(image, det, max_side=640)
-    assert len(full) == len(small) == 6
-    for a, b in zip(full, small):
-        assert np.abs(a.landmarks5 - b.landmarks5).max() < 6  # within a few source pixels
+    t1 = load_image(sample_photo_path("t1_group"))
+    canvas = np.full((1400, 2000, 3), 110, np.uint8)
+    canvas[:886, :1280] = t1  # faces of 100-145 px: cut by 512-px tiles, whole on a coarser level
+    small = cv2.resize(t1, None, fx=1 / 6, fy=1 / 6, interpolation=cv2.INTER_AREA)  # faces of 15-19 px
+    canvas[1000 : 1000 + small.shape[0], 330 : 330 + small.shape[1]] = small  # across the tiles' seam at x = 384
+    assert pyramid_scales(canvas.shape[:2], 512) == [1.0, 0.5, 0.25]
+    faces = detect_in_photo(canvas, det, tile=512)
+    big = [f for f in faces if f.bbox[1] < 900]
+    little = [f for f in faces if f.bbox[1] >= 1000]
+    assert len(big) == 6 and len(little) == 6 and len(faces) == 12  # each face once
+    for a, b in zip(det.detect(t1), big):
+        assert np.abs(a.landmarks5 - b.landmarks5).max() < 8
+    assert all(12 <= f.size <= 22 for f in little)
+    # A thumbnail is also searched at 2x: t1 at 1/8 (faces of 12-14 px) gives all six.
+    thumb = cv2.resize(t1, None, fx=1 / 8, fy=1 / 8, interpolation=cv2.INTER_AREA)
+    assert len(detect_in_photo(thumb, det)) == 6 > len(det.detect(thumb))
+
+
+def test_face_policy_covers_what_the_diffusion_cannot_take_and_leaves_only_on_request():
+    from faceveil.data.faces import Face
+    from faceveil.data.photo_detect import FacePolicy, face_treatments
+
     mk = lambda s: Face(np.array([0, 0, s, s], float), 1.0, np.zeros((5, 2)), np.zeros((5, 2)), "five")  # noqa: E731
-    assert select_faces([mk(50), mk(80)], "all", 20) == ([0, 1], None)
-    assert select_faces([mk(50), mk(80)], "largest", 20) == ([1], None)
-    keep, why = select_faces([mk(10), mk(80)], "all", 20)
-    assert keep == [] and "face 0 is 10 px < --min-face 20" in why
-    assert select_faces([], "all", 20) == ([], "no face found")
+    faces = [mk(10), mk(80), mk(50)]
+    assert [t for t, _ in face_treatments(faces, FacePolicy())] == ["blur", "diffusion", "diffusion"]
+    assert face_treatments(faces, FacePolicy())[0][1] == "under --min-face 20 px"
+    assert [t for t, _ in face_treatments(faces, FacePolicy(cover="box", min_face=60))] == ["box", "diffusion", "box"]
+    assert [t for t, _ in face_treatments(faces, FacePolicy(leave_small=True))] == ["left", "diffusion", "diffusion"]
+    assert [t for t, _ in face_treatments(faces, FacePolicy(faces="largest"))] == ["left", "diffusion", "left"]
+    assert [t for t, _ in face_treatments(faces, FacePolicy(method="pixelate"))] == ["pixelate"] * 3
+
+
+@pytest.mark.parametrize("method", ["blur", "pixelate", "box"])
+def test_covered_faces_change_every_face_nothing_outside_and_recover_exactly(method, tmp_path):
+    import cv2
+
+    from faceveil.data.photo_detect import FacePolicy
+    from faceveil.models.photo import PhotoAnonymizer
+    from faceveil.models.photo_api import PhotoFinder, recover_photo, save_result
+
+    t1 = load_image(sample_photo_path("t1_group"))
+    thumb = cv2.resize(t1, None, fx=1 / 8, fy=1 / 8, interpolation=cv2.INTER_AREA)  # faces of 12-14 px
+    faces = PhotoFinder(0, policy=FacePolicy(cover=method)).find(thumb)
+    assert [f.treatment for f in faces] == [method] * 6 and all(f.veiled is None for f in faces)
+    key = SecretKey.generate()
+    [vp] = PhotoAnonymizer(None).anonymize([(thumb, faces)], key)
+    changed = (vp.image != thumb).any(-1)
+    inside = region_mask(faces, thumb.shape[:2])
+    assert not (changed & ~inside).any()
+    for f in faces:  # the face's own box is changed nearly everywhere
+        x0, y0, x1, y1 = np.rint(f.bbox).astype(int)
+        assert changed[y0:y1, x0:x1].mean() > 0.75, (method, f.index)
+    # Covers are irreversible in the picture; the file seals what they hid, for the key alone.
+    path = save_result(tmp_path / "thumb.png", vp, key)
+    assert np.array_equal(recover_photo(path, key), thumb)
+    assert not np.array_equal(recover_photo(path, key), vp.image)
+
+
+def test_mixed_diffusion_and_covers_in_one_photo_recover_exactly_from_the_file(photo_tools, tmp_path):
+    from faceveil.data.detect_centerface import CenterFaceDetector
+    from faceveil.data.photo_detect import FacePolicy
+    from faceveil.fileformat import read_file
+    from faceveil.models.photo import cover_faces, plan_faces, treatment_summary
+    from faceveil.models.photo_api import recover_photo, save_result
+
+    t1 = load_image(sample_photo_path("t1_group"))
+    found = CenterFaceDetector().detect(t1)
+    sizes = sorted(f.size for f in found)
+    faces = plan_faces(t1, found, 256, FacePolicy(cover="pixelate", min_face=sizes[2] + 0.5))
+    assert sorted(f.treatment for f in faces) == ["diffusion"] * 3 + ["pixelate"] * 3
+    assert "3 diffusion" in treatment_summary(faces) and "3 pixelate" in treatment_summary(faces)
+    key = SecretKey.generate()
+    [vp] = photo_tools.anonymize([(t1, faces)], key)
+    changed = (vp.image != t1).any(-1)
+    assert not (changed & ~region_mask(faces, t1.shape[:2])).any()
+    assert all(f.veiled is not None for f in faces if f.treatment == "diffusion")
+    # Replayed through the model, the diffusion faces come back and the covers stay on ...
+    assert np.array_equal(photo_tools.recover([vp], key)[0], cover_faces(t1, faces))
+    # ... while the v3 file seals every changed region's original pixels: the key alone gives it all back.
+    path = save_result(tmp_path / "mixed.png", vp, key)
+    assert np.array_equal(recover_photo(path, key), t1)
+    assert [f.treatment for f in read_file(path, key).faces] == [f.treatment for f in faces]
+
+
+@pytest.mark.parametrize("length", [777, 1536, 1537, 3000, 6000, 10000])
+def test_tiles_cover_the_photo_with_the_overlap_and_no_more_than_the_tile(length):
+    from faceveil.data.photo_detect import tiles
+
+    starts, side = tiles(length, 1536, 192)
+    cover = np.zeros(length, int)
+    for s in starts:
+        cover[s : s + side] += 1
+    assert cover.min() >= 1 and side <= 1536 and starts[0] == 0 and starts[-1] + side == length
+    assert all(starts[i] + side - starts[i + 1] >= 192 for i in range(len(starts) - 1))
+    assert sum(cover) <= 1.25 * length or length <= 1536  # the overlap costs at most a quarter more
+
+
+def test_python_api_defaults_are_the_clis(monkeypatch):
+    import torch
+
+    import faceveil.models.photo_api as api
+
+    seen = []
+
+    def stop(name):
+        seen.append((name, torch.get_num_threads()))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(api, "_backbone", stop)
+    monkeypatch.setenv("FACEVEIL_BACKBONE", "ldm-ffhq")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            api.anonymize_photo(np.zeros((8, 8, 3), np.uint8), SecretKey.generate())
+        monkeypatch.delenv("FACEVEIL_BACKBONE")
+        with pytest.raises(RuntimeError, match="stop"):
+            api.anonymize_photo(np.zeros((8, 8, 3), np.uint8), SecretKey.generate(), threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [("ldm-ffhq", 1), ("sd2-inpaint", 2)]
+
+
+def test_sideways_search_finds_faces_lying_down_in_the_photos_pixels():
+    from faceveil.data.faces import Face
+    from faceveil.data.photo_detect import _turned_back
+
+    # A point and a box found in the turned picture come back to where they are in the photo.
+    h, w = 7, 11
+    for k in (1, 2, 3):
+        img = np.zeros((h, w), int)
+        img[2, 9] = 1  # x = 9, y = 2
+        y, x = np.argwhere(np.rot90(img, k))[0]
+        pt = np.array([[x, y]] * 5, float)
+        f = _turned_back(Face(np.array([x, y, x + 1, y + 1], float), 1.0, pt, pt, "five"), k, (h, w))
+        assert np.array_equal(f.landmarks5[0], [9, 2]) and np.array_equal(f.bbox, [9, 2, 10, 3]), k
+
 
 
 def test_version_2_photo_files_replay_with_a_warning_and_refuse_other_weights(t1_result, tmp_path, capsys):

@@ -121,16 +121,16 @@ def test_bad_inputs_are_one_line_each_and_the_batch_goes_on(tmp_path, keyfile, c
         "transparent.png": "transparent",
         "big.png": "over the limit",
         "blank.png": "no face found; skipped",
-        "small_face.png": "< --min-face 40 px",
+        "small_face.png": "1 face: 1 blur (under --min-face 40 px: face 0)",
         "done.png": "already a faceveil output",
     }
     lines = err.strip().splitlines()
     for name, reason in expect.items():
         hits = [ln for ln in lines if f"{src / name}: " in ln]
         assert len(hits) == 1 and reason in hits[0], (name, hits)
-    assert "anonymized 0, skipped 1, failed 8" in lines[-1]
+    assert "anonymized 1, skipped 1, failed 7" in lines[-1]
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
-    assert not out.exists() or not any(out.iterdir())
+    assert [p.name for p in out.iterdir()] == ["small_face.png"]  # covered, never left as it was
 
 
 def test_refusals_before_any_work(tmp_path, keyfile, capsys):
@@ -198,3 +198,58 @@ def test_photo_limit_is_what_a_file_can_hold():
     from faceveil.fileformat.png import MAX_PIXELS
 
     assert DEFAULT_MAX_PIXELS == MAX_PIXELS
+
+
+def test_irreversible_method_needs_no_model_and_a_left_face_fails_the_run(tmp_path, keyfile, capsys, monkeypatch):
+    import faceveil.cli.anonymize_photos as ap
+
+    src = tmp_path / "t1.png"
+    save_image(src, load_image(sample_photo_path("t1_group")))
+    monkeypatch.setattr(ap, "load_backbone_for_cli", lambda *a, **k: pytest.fail("a cover needs no model"))
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "px"), "--key", str(keyfile), "--method", "pixelate"]) == 0
+    assert "6 faces: 6 pixelate" in capsys.readouterr().err
+    assert (load_image(tmp_path / "px" / "t1.png") != load_image(src)).any()
+    assert main(["recover", str(tmp_path / "px" / "t1.png"), "-o", str(tmp_path / "back"), "--key", str(keyfile)]) == 0
+    assert np.array_equal(load_image(tmp_path / "back" / "t1.png"), load_image(src))  # the key alone, exactly
+    # --leave-small is the only way to leave a face: written, named, and the run exits 1.
+    rc = main(["anonymize", str(src), "-o", str(tmp_path / "left"), "--key", str(keyfile), "--method", "box",
+               "--min-face", "106", "--leave-small"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "left (under --min-face 106 px, --leave-small: faces " in err and "with faces left visible 1" in err
+
+
+def test_detect_previews_and_its_json_goes_back_as_hand_regions(tmp_path, keyfile, capsys):
+    import json
+
+    src = tmp_path / "t1.png"
+    t1 = load_image(sample_photo_path("t1_group"))
+    save_image(src, t1)
+    assert main(["detect", str(src), "-o", str(tmp_path / "det"), "--region", "1100,700,60,60"]) == 0
+    out = capsys.readouterr().out
+    assert "7 faces: 6 diffusion, 1 blur (given by hand: face 6)" in out
+    doc = json.loads((tmp_path / "det" / "t1.json").read_text())
+    assert [f["treatment"] for f in doc["faces"]] == ["diffusion"] * 6 + ["blur"]
+    assert doc["faces"][6]["box"] == [1100, 700, 60, 60] and all(f["size"] > 90 for f in doc["faces"][:6])
+    preview = load_image(tmp_path / "det" / "t1.png")
+    assert preview.shape == t1.shape and (preview != t1).any()
+    # The JSON, edited, goes back: the detected boxes repeat found faces, the hand region is added.
+    rc = main(["anonymize", str(src), "-o", str(tmp_path / "anon"), "--key", str(keyfile), "--method", "box",
+               "--regions", str(tmp_path / "det" / "t1.json")])
+    assert rc == 0 and "7 faces: 6 box, 1 box (given by hand: face 6)" in capsys.readouterr().err
+    assert (load_image(tmp_path / "anon" / "t1.png")[705:755, 1105:1155] == 0).all()
+    assert main(["detect", str(src), "-o", str(tmp_path / "bad"), "--region", "1,2,3"]) == 2
+    assert "expected x,y,w,h" in capsys.readouterr().err
+
+
+def test_mark_draws_inside_the_synthetic_faces_and_recovers_exactly(tmp_path, keyfile, capsys):
+    from faceveil.data.photo_cover import MARK_COLOUR
+
+    src = tmp_path / "g.png"
+    save_image(src, load_image(sample_photo_path("grace_hopper")))
+    out = tmp_path / "out"
+    assert main(["anonymize", str(src), "-o", str(out), "--key", str(keyfile), "--mark", *FAST]) == 0
+    image = load_image(out / "g.png")
+    marked = (image == MARK_COLOUR).all(-1)
+    assert marked.sum() > 200
+    assert main(["recover", str(out / "g.png"), "-o", str(tmp_path / "back"), "--key", str(keyfile)]) == 0
+    assert np.array_equal(load_image(tmp_path / "back" / "g.png"), load_image(src))

@@ -20,6 +20,7 @@ from faceveil import __version__
 SUBCOMMANDS: tuple[str, ...] = (
     "keygen",
     "anonymize",
+    "detect",
     "anonymize-shards",
     "recover",
     "inspect",
@@ -49,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from faceveil.cli.torch_check import check_installed, explain
+
     try:
         if hasattr(args, "threads"):  # commands that run the networks
+            broken = check_installed()
+            if broken:
+                print(f"faceveil {args.command}: error: {broken}", file=sys.stderr)
+                return 2
             from faceveil.cli.common import apply_threads
 
             apply_threads(args.threads)
@@ -63,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, FaceveilError):
             print(f"faceveil {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        why = explain(exc)
+        if why:
+            print(f"faceveil {args.command}: error: {why}", file=sys.stderr)
             return 2
         raise
 

@@ -9,6 +9,7 @@ are already aligned face crops, as the diffusion backbone sees them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -37,8 +38,7 @@ from faceveil.cli.common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from faceveil.data.backends import DETECTORS
-    from faceveil.data.photo_detect import DEFAULT_DETECT_SIDE, PHOTO_FACE_POLICIES
+    from faceveil.cli.photo_args import add_face_args
     from faceveil.data.photo_io import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("anonymize", help="replace every face of photos with keyed synthetic faces; writes self-describing PNGs")
@@ -48,18 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never overwritten)")
     p.add_argument("--allow-anonymized", action="store_true", help="anonymize faceveil outputs again (refused by default)")
     g = p.add_argument_group("photos (default mode)")
-    g.add_argument("--faces", choices=PHOTO_FACE_POLICIES, default="all", help="replace all faces (default) or only the largest")
-    g.add_argument("--min-face", type=float, default=20.0, metavar="PX",
-                   help="smallest face side to replace; with --faces all a photo holding a smaller face is refused, "
-                   "never written with that face visible (default 20)")
-    g.add_argument("--detector", choices=[d for d in DETECTORS if d != "precomputed"], default="centerface",
-                   help="face detector (default centerface: offline, best measured recall)")
-    g.add_argument("--detect-size", type=positive_int, default=DEFAULT_DETECT_SIDE, metavar="PX",
-                   help=f"detect on a copy at most this many pixels wide (default {DEFAULT_DETECT_SIDE})")
+    add_face_args(g)
+    g.add_argument("--mark", action="store_true",
+                   help="draw a magenta edge just inside each synthetic face, so that viewers can tell (recovered exactly)")
     g.add_argument("--keep-faceless", action="store_true", help="write photos without a face unchanged (as PNG without metadata)")
     g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger photos (default {DEFAULT_MAX_PIXELS}: what a file can hold; $FACEVEIL_MAX_PIXELS)")
     a = p.add_argument_group("aligned crops")
-    a.add_argument("--aligned", action="store_true", help="inputs are aligned face crops (sides multiples of the backbone's)")
+    a.add_argument("--aligned", action="store_true", help="inputs are aligned face crops; sides that are not multiples "
+                   "of the backbone's (8) are padded at the bottom and right for the model and cut back after")
     a.add_argument(
         "--mask",
         type=Path,
@@ -192,7 +188,7 @@ def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
         for batch in batches_by(chunk, lambda it: it.image.shape, args.batch_size):
             start = bar.n
             try:
-                veiled = anonymizer.anonymize([it.image for it in batch], [it.mask for it in batch], key)
+                veiled = anonymize_padded(anonymizer, [it.image for it in batch], [it.mask for it in batch], key)
             except (FaceveilError, ValueError, RuntimeError) as exc:
                 for it in batch:
                     report.fail(it.src, exc)
@@ -205,6 +201,37 @@ def run_aligned(args: argparse.Namespace, from_prepare: bool = False) -> int:
     if bar is not None:
         bar.close()
     return report.finish("anonymized", args.output)
+
+
+def pad_to_multiple(image: np.ndarray, mask: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``mask`` grown at the bottom and right to sides that are multiples of ``m``:
+    the image repeats its last row and column, the mask is False there (nothing drawn)."""
+    import cv2
+
+    h, w = mask.shape
+    dh, dw = -h % m, -w % m
+    if not (dh or dw):
+        return image, mask
+    return (cv2.copyMakeBorder(np.ascontiguousarray(image), 0, dh, 0, dw, cv2.BORDER_REPLICATE),
+            np.pad(mask, ((0, dh), (0, dw)), constant_values=False))
+
+
+def anonymize_padded(anonymizer, images: list[np.ndarray], masks: list[np.ndarray], key) -> list:
+    """Anonymize crops of any size (CelebA's 178x218, say): padded to the backbone's multiple, then
+    cut back, so the output has the input's size. The mask is empty in the padding, which the
+    diffusion sees as context only; the file seals the input-sized crop."""
+    m = anonymizer.backbone.size_multiple
+    padded = [pad_to_multiple(im, mk, m) for im, mk in zip(images, masks)]
+    veiled = anonymizer.anonymize([p[0] for p in padded], [p[1] for p in padded], key)
+    out = []
+    for im, v in zip(images, veiled):
+        h, w = im.shape[:2]
+        if v.image.shape[:2] != (h, w):
+            v = dataclasses.replace(v, image=np.ascontiguousarray(v.image[:h, :w]), mask=np.ascontiguousarray(v.mask[:h, :w]),
+                                    original=None if v.original is None else np.ascontiguousarray(v.original[:h, :w]),
+                                    state=None, sealed_residual=None)  # the latents are the padded crop's
+        out.append(v)
+    return out
 
 
 def mask_file_of(args: argparse.Namespace):

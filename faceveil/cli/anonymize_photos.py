@@ -38,15 +38,15 @@ class PhotoItem:
 
 def run_photos(args: argparse.Namespace) -> int:
     from faceveil.data.images import save_image
-    from faceveil.data.photo_detect import NoFaceError
+    from faceveil.cli.photo_args import face_policy, hand_regions
+    from faceveil.data.photo_detect import LEFT, NoFaceError
     from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError, InputError
     from faceveil.keys import load_key
-    from faceveil.models.photo import PhotoAnonymizer, native_size
-    from faceveil.models.photo_api import PhotoFinder
+    from faceveil.models.photo import PhotoAnonymizer, mark_synthetic, treatment_summary
+    from faceveil.models.photo_api import PhotoFinder, save_result
     from faceveil.models.pipeline import Anonymizer
     from faceveil.cli.anonymize import output_suffix, record_options
-    from faceveil.photofile import write_photo
 
     quiet_libraries()
     report = Report("anonymize")
@@ -54,19 +54,31 @@ def run_photos(args: argparse.Namespace) -> int:
     pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report, suffix=output_suffix(args)))
     if not pairs:
         return report.finish("anonymized", args.output)
-    device = resolve_device(args.device)
-    backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
-    try:
-        photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone)), args.batch_size)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    finder = PhotoFinder(native_size(backbone), args.detector, args.faces, args.min_face, args.detect_size)
+    policy = face_policy(args)
+    regions = hand_regions(args)
     bar = progress(len(pairs), "anonymize")
+    faces_done = [0.0, 0]  # diffusion faces' worth of work done, faces in the batch: the progress phase
+
+    def on_faces(n: float) -> None:
+        faces_done[0] += n
+        bar.set_postfix_str(f"diffusion {min(faces_done[0], faces_done[1]):.1f}/{faces_done[1]} faces")
+
+    if args.method == "diffusion":
+        device = resolve_device(args.device)
+        backbone = load_backbone_for_cli(args.backbone, device, resolve_dtype(args.dtype, device))
+        try:
+            photos = PhotoAnonymizer(Anonymizer(backbone, resolve_settings(args, backbone), on_progress=on_faces), args.batch_size)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    else:
+        photos = PhotoAnonymizer(None)  # covers only: no model to load
+    finder = PhotoFinder(photos.size, args.detector, policy, args.detect_size, args.sideways)
     pending: list[PhotoItem] = []
 
     def flush() -> None:
         if not pending:
             return
+        faces_done[:] = [0.0, sum(f.treatment == "diffusion" for it in pending for f in it.faces)]
         try:
             veiled = photos.anonymize([(it.image, it.faces) for it in pending], key)
         except (FaceveilError, ValueError, RuntimeError) as exc:
@@ -74,18 +86,26 @@ def run_photos(args: argparse.Namespace) -> int:
                 report.fail(it.src, exc)
             veiled = []
         for it, vp in zip(pending, veiled):
+            if args.mark:
+                mark_synthetic(vp)
+            bar.set_postfix_str(f"writing {it.src.name}")
             try:
-                write_photo(it.dst, vp, key, **record_options(args, it.src))
+                save_result(it.dst, vp, key, **record_options(args, it.src))
                 report.ok += 1
             except (FaceveilError, OSError, ValueError) as exc:
                 report.fail(it.src, exc)
+                continue
+            report.note(f"{it.src}: {treatment_summary(vp.faces)}")
+            if any(f.treatment == LEFT for f in vp.faces):
+                report.left_visible.append(str(it.dst))
         bar.update(len(pending))
         pending.clear()
 
     for src, dst in pairs:
+        bar.set_postfix_str(f"detecting in {src.name}")
         try:
             image = load_photo(src, args.max_pixels, args.allow_anonymized)
-            pending.append(PhotoItem(src, dst, image, finder.find(image, str(src))))
+            pending.append(PhotoItem(src, dst, image, finder.find(image, str(src), regions)))
         except NoFaceError as exc:
             if args.keep_faceless:
                 save_image(dst, image)  # pixels only: no metadata of the input

@@ -8,9 +8,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faceveil.cli.progress import progress  # noqa: F401 - the CLI's name
 from faceveil.errors import escape
+from faceveil.machine import apply_threads, default_backbone, default_threads  # noqa: F401 - the CLI's names
 
-DEFAULT_BACKBONE = os.environ.get("FACEVEIL_BACKBONE", "sd2-inpaint")
+DEFAULT_BACKBONE = default_backbone()
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -37,35 +39,6 @@ def add_model_args(p: argparse.ArgumentParser, backbone_default: str | None = DE
         help="CPU threads for the networks (default: $OMP_NUM_THREADS if set, else the CPUs this process may use "
         "that other processes leave idle, shared among the processes of a launch)",
     )
-
-
-def default_threads() -> int:
-    """CPUs this process may use, less the ones other processes keep busy, split among local ranks.
-
-    Oversubscribed threads are far slower than fewer ones: on a busy 2-core machine the
-    previous default (every core) made a 256 px anonymize 5-25x slower than one thread.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(cpus, round(cpus - busy)) // local)
-
-
-def apply_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads: ``threads``, else $OMP_NUM_THREADS when set, else :func:`default_threads`."""
-    import torch
-
-    if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else default_threads()
-    torch.set_num_threads(threads)
-    return threads
 
 
 def add_scheme_args(p: argparse.ArgumentParser) -> None:
@@ -141,6 +114,7 @@ class Report:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     tampered: list[str] = field(default_factory=list)  # failed authentication: exit status 3
+    left_visible: list[str] = field(default_factory=list)  # written with a found face left as it was: exit 1
 
     def fail(self, path: str | Path, reason: object) -> None:
         from faceveil.errors import TamperedError
@@ -163,14 +137,17 @@ class Report:
         if self.skipped:
             parts.append(f"skipped {self.skipped}")
         parts.append(f"failed {len(self.failed)}")
+        if self.left_visible:
+            parts.append(f"with faces left visible {len(self.left_visible)}")
         print(f"faceveil {self.command}: {', '.join(parts)} -> {escape(outdir, None)}", file=sys.stderr)
         return self.status()
 
     def status(self) -> int:
-        """0 all well; 3 a file failed authentication (edited pixels or metadata); 1 other failures."""
+        """0 all well; 3 a file failed authentication (edited pixels or metadata); 1 other failures,
+        or an output written with a found face left visible."""
         from faceveil.errors import TAMPERED_EXIT
 
-        return TAMPERED_EXIT if self.tampered else 1 if self.failed else 0
+        return TAMPERED_EXIT if self.tampered else 1 if self.failed or self.left_visible else 0
 
 
 def output_path(src: Path, root: Path | None, outdir: Path, suffix: str = ".png") -> Path:
@@ -349,14 +326,6 @@ def batches_by(items: list, key, batch_size: int) -> list[list]:
         groups.setdefault(key(it), []).append(it)
     size = max(1, batch_size)
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-
-
-def progress(total: int, desc: str):
-    """A bar counted in images; the pipeline advances it by fractions as each network call ends."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=total <= 1 or None,
-                bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
 def settle(bar, start: float, count: int) -> None:
