@@ -134,7 +134,7 @@ def test_a_changed_pixel_outside_every_region_is_refused_at_write(tmp_path):
     (b"pHYs", struct.pack(">IIB", 1, 1, 0)),
     (b"tEXt", b"Comment\0someone else"),
     (b"zzZz", bytes(4 << 20)),  # a junk chunk is skipped, never read whole
-])  # fmt: skip
+], ids=lambda v: v.decode() if isinstance(v, bytes) and len(v) == 4 else "body")  # fmt: skip
 def test_what_a_viewer_shows_is_authenticated(made, tmp_path, ctype, body):
     path, key, _, _ = made
     bad = tmp_path / "bad.png"
@@ -334,3 +334,112 @@ def test_fuzzed_files_open_exactly_or_fail_with_one_line(tmp_path_factory):
 
     case()
     assert "refused" in seen  # the mutations reach the checks
+
+
+def test_review_findings_stay_fixed(made, tmp_path, capsys):
+    """An outside attack review of v3 found these; each is one line and the batch goes on."""
+    import os
+
+    path, key, original, image = made
+    kf = _keyfile(tmp_path, key)
+    # A truncated sidecar record: one line in inspect, the next file still inspected.
+    (tmp_path / "pub" / "z.fvrec").write_bytes(b"\x89FVREC\r\n\x00")
+    os.mkfifo(tmp_path / "pub" / "fifo.fvrec")  # never opened: it would block
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "pub")]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "truncated" in out.err and '"version": 3' in out.out
+    # An IDAT whose CRC fails (viewers refuse it) is not a genuine file.
+    chunks = _chunks(path.read_bytes())
+    data = _png(chunks)
+    i = data.index(b"IDAT")
+    n = struct.unpack(">I", data[i - 4 : i])[0]
+    (tmp_path / "crc.png").write_bytes(data[: i + 4 + n] + b"\0\0\0\0" + data[i + 8 + n :])
+    with pytest.raises(FormatError, match="CRC"):
+        verify_file(tmp_path / "crc.png", key)
+    # A 20 MB junk payload on a small image: refused from its length, before it is read.
+    doc = json.loads(dict(chunks)[b"fvHd"])
+    big = [(c, bytes(20 << 20) if c == b"fvDt" else b) for c, b in chunks]
+    (tmp_path / "big.png").write_bytes(_png(big))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="more than its limit"):
+            read_file(tmp_path / "big.png", key)
+        assert read_header(tmp_path / "big.png") == doc  # the header alone skips the payload
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+    # An edited check value is tampering (exit 3), not a wrong key.
+    doc["faces"][0]["check"] = "0" * 16
+    (tmp_path / "chk.png").write_bytes(_png([(c, json.dumps(doc).encode() if c == b"fvHd" else b) for c, b in chunks]))
+    with pytest.raises(TamperedError, match="check value was edited"):
+        read_file(tmp_path / "chk.png", key)
+    # A run-level error naming a crafted path prints it escaped.
+    evil = tmp_path / "x\x1b[2K"
+    evil.mkdir()
+    capsys.readouterr()
+    assert main(["recover", str(path), "-o", str(path.parent / "sub"), "--key", str(kf)]) == 2
+    assert main(["verify", str(evil / "none.png"), "--key", str(kf)]) == 1
+    assert "\x1b" not in capsys.readouterr().err
+
+
+def test_sealed_lengths_do_not_link_files_to_their_model_or_input_size(tmp_path):
+    key = SecretKey.generate()
+    original, image, faces = _faces_photo()
+    other_model = {**MODEL, "backbone": "sd2-inpaint:stabilityai/stable-diffusion-2-inpainting", "compute": {"dtype": "bfloat16", "device": "cuda"}}
+    a = read_header(write_v3(tmp_path / "a.png", image, original, faces, MODEL, key))
+    b = read_header(write_v3(tmp_path / "b.png", image, original, [SealedFace(new_nonce(), f.box, f.inside, f.index, f.treatment, f.affine, f.crop_mask) for f in faces], other_model, key))
+    assert a["file"]["sealed_bytes"] == b["file"]["sealed_bytes"]  # the same for every file
+    assert [f["sealed_bytes"] for f in a["faces"]] == [f["sealed_bytes"] for f in b["faces"]]
+    # An input file's exact size would link the file to a known photo: its sealed length is a power of two.
+    sizes = []
+    for n in (1100, 1500):  # one power-of-two bucket
+        fs = [SealedFace(new_nonce(), f.box, f.inside, f.index, f.treatment) for f in faces]
+        h = read_header(write_v3(tmp_path / f"o{n}.png", image, original, fs, MODEL, key, original_file=b"x" * n, original_suffix=".jpg"))
+        sizes.append(h["file"]["sealed_bytes"])
+        assert open_original(tmp_path / f"o{n}.png", key).original_file == b"x" * n
+    assert sizes[0] == sizes[1]
+
+
+def test_forged_sidecar_under_force_is_never_a_success(tmp_path):
+    from PIL import Image
+
+    from faceveil.fileformat.sidecar import _head, pack
+
+    key = SecretKey.generate()
+    original, image, faces = _faces_photo()
+    jpg = write_v3(tmp_path / "pub" / "a.jpg", image, original, faces, MODEL, key, record="sidecar", quality=90)
+    red = np.zeros_like(image)
+    red[..., 0] = 255
+    Image.fromarray(red).save(tmp_path / "pub" / "r.jpg", quality=90)
+    rec = sidecar_path(jpg)
+    with open(rec, "rb") as f:
+        header, mac, start = _head(rec, f)
+    doc = json.loads(header)
+    data = (tmp_path / "pub" / "r.jpg").read_bytes()
+    import hashlib
+
+    doc["image_file"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "format": "jpg"}
+    sidecar_path(tmp_path / "pub" / "r.jpg").write_bytes(pack(json.dumps(doc).encode(), mac.decode(), rec.read_bytes()[start:]))
+    with pytest.raises(TamperedError, match="authentication failed"):
+        open_original(tmp_path / "pub" / "r.jpg", key)
+    forced = open_original(tmp_path / "pub" / "r.jpg", key, force=True)
+    assert forced.bypassed and not forced.exact and not forced.lossy
+    kf = _keyfile(tmp_path, key)
+    assert main(["recover", str(tmp_path / "pub" / "r.jpg"), "-o", str(tmp_path / "out"), "--key", str(kf), "--force"]) == 1
+
+
+def test_the_input_file_written_back_never_replaces_another_output(tmp_path, capsys):
+    key = SecretKey.generate()
+    kf = _keyfile(tmp_path, key)
+    original, image, faces = _faces_photo()
+    write_v3(tmp_path / "col" / "th.png", image, original, faces, MODEL, key, original_file=b"camera bytes", original_suffix=".png")
+    o2, i2, f2 = _faces_photo(7)
+    write_v3(tmp_path / "col" / "th.original.png", i2, o2, f2, MODEL, key)
+    capsys.readouterr()
+    assert main(["recover", str(tmp_path / "col"), "-o", str(tmp_path / "out"), "--key", str(kf)]) == 1
+    assert "another output" in capsys.readouterr().err
+    from faceveil.data.images import load_image
+
+    assert np.array_equal(load_image(tmp_path / "out" / "th.original.png"), o2)  # not clobbered

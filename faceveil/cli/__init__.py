@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from faceveil.errors import FaceveilError
 
         if isinstance(exc, FaceveilError):
-            print(f"faceveil {args.command}: error: {exc}", file=sys.stderr)
+            from faceveil.errors import escape
+
+            print(f"faceveil {args.command}: error: {escape(exc, None)}", file=sys.stderr)
             return 2
         why = explain(exc)
         if why:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = Report("inspect")
     files = [src for src, _ in expand_inputs(args.inputs)] + [
-        f for item in args.inputs if Path(item).is_dir() for f in sorted(Path(item).rglob("*.fvrec"))
+        f for item in args.inputs if Path(item).is_dir() for f in sorted(Path(item).rglob("*.fvrec")) if f.is_file()
     ]
     if not files:
         report.fail(" ".join(args.inputs), "no input files")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             header = _header(src)
             if header is None:
                 raise FaceveilError(f"{src}: no faceveil metadata")
-        except FaceveilError as exc:
+        except (FaceveilError, OSError, ValueError) as exc:
             report.fail(src, exc)
             continue
         report.ok += 1

@@ -120,17 +120,27 @@ V2_NOTE = ("a version 2 file: recovered by replaying the model, exact only on th
            "library versions) that made it, and nothing can check the result; re-anonymize originals to version 3")
 
 
-def recover_v3(src: Path, dst: Path, args: argparse.Namespace, key, report: Report) -> None:
-    """Open a version 3 file (or image + sidecar record) and write the original: no model, checked."""
+def recover_v3(src: Path, dst: Path, args: argparse.Namespace, key, report: Report, taken: set[Path]) -> None:
+    """Open a version 3 file (or image + sidecar record) and write the original: no model, checked.
+
+    ``taken`` holds every output path of the run (resolved): the input file's own bytes, written
+    beside the recovered PNG, must never replace another output or an existing file."""
     from faceveil.data.images import atomic_write, save_image
+    from faceveil.errors import InputError
     from faceveil.fileformat.original import open_original
 
     o = open_original(src, key, force=args.force, record=args.record)
+    keep = None
+    if o.original_file is not None:
+        keep = dst.with_name(f"{dst.stem}.original{o.original_suffix or ''}")
+        if keep.resolve() in taken or (keep.exists() and not args.overwrite):
+            raise InputError(f"{keep} (the input file's own bytes) exists or is another output; recover this file "
+                             "to another -o, or use --overwrite")
+        taken.add(keep.resolve())
     for what in o.bypassed:
         report.note(f"{src}: --force bypassed: {what}")
     save_image(dst, o.image, mode=0o600)  # a recovered original is as private as the key
-    if o.original_file is not None:
-        keep = dst.with_name(f"{dst.stem}.original{o.original_suffix or ''}")
+    if keep is not None:
         atomic_write(keep, lambda tmp: tmp.write_bytes(o.original_file), mode=0o600)
     if o.exact:
         report.ok += 1
@@ -192,12 +202,13 @@ def run(args: argparse.Namespace) -> int:
         report.fail(args.record, "--record names the sidecar of one image; give exactly one input")
         return report.finish("recovered", args.output)
     legacy = []
+    taken = {dst.resolve() for _, dst in pairs}
     for src, dst in pairs:
         if not is_v3(src, args.record):
             legacy.append((src, dst))
             continue
         try:
-            recover_v3(src, dst, args, key, report)
+            recover_v3(src, dst, args, key, report, taken)
         except (FaceveilError, OSError, ValueError) as exc:
             report.fail(src, exc)
     if legacy and args.force and not args.backbone:

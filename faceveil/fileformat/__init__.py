@@ -38,18 +38,28 @@ API: :func:`write_file` / :func:`read_file` / :func:`verify_file` for records;
 :func:`read_header` for the public header alone. Version 1 files are still read.
 """
 
-from faceveil.fileformat.png import MAX_PIXELS
-from faceveil.fileformat.read import read_chunks, read_file, read_header, verify_file
-from faceveil.errors import escape
-from faceveil.fileformat.records import (
-    DATA_CHUNK, FORMAT, HEADER_CHUNK, VERSION, FaceRecord, FileInfo, VeiledFile, canonical, header_authentic,
-)  # fmt: skip
-from faceveil.fileformat.v3 import pixels_sha256
-from faceveil.fileformat.veiled import read_veiled, veiled_from_file, veiled_from_header
-from faceveil.fileformat.write import write_file, write_veiled
+from __future__ import annotations
 
-__all__ = [
-    "DATA_CHUNK", "FORMAT", "HEADER_CHUNK", "MAX_PIXELS", "VERSION", "FaceRecord", "FileInfo", "VeiledFile", "canonical",
-    "escape", "header_authentic", "pixels_sha256", "read_chunks", "read_file", "read_header", "read_veiled",
-    "veiled_from_file", "veiled_from_header", "verify_file", "write_file", "write_veiled",
-]  # fmt: skip
+import importlib
+from typing import Any
+
+# Exported names and the module each lives in. Loaded on first use, so that opening a version 3
+# file (``faceveil.fileformat.original``) never imports torch or the model code.
+_EXPORTS = {
+    "MAX_PIXELS": "png", "read_chunks": "read", "read_file": "read", "read_header": "read", "verify_file": "read",
+    "DATA_CHUNK": "records", "FORMAT": "records", "HEADER_CHUNK": "records", "VERSION": "records", "FaceRecord": "records",
+    "FileInfo": "records", "VeiledFile": "records", "canonical": "records", "header_authentic": "records",
+    "pixels_sha256": "v3", "read_veiled": "veiled", "veiled_from_file": "veiled", "veiled_from_header": "veiled",
+    "write_file": "write", "write_veiled": "write",
+}  # fmt: skip
+__all__ = sorted([*_EXPORTS, "escape"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "escape":
+        from faceveil.errors import escape
+
+        return escape
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

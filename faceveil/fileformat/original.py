@@ -54,7 +54,10 @@ def open_original(path: str | os.PathLike[str], key: SecretKey, force: bool = Fa
         image = restore(pixels, opened.faces)
         fmt = str(opened.header["image_file"].get("format", "")).lower()
         exact = is_original(opened, key, image)
-        return Original(image, exact, len(opened.faces), lossy=intact and fmt in LOSSY and not exact,
+        # Lossy only speaks for a record that authenticated in full: under --force a forged one could
+        # point at any image.
+        lossy = intact and not opened.bypassed and fmt in LOSSY and not exact
+        return Original(image, exact, len(opened.faces), lossy=lossy,
                         bypassed=opened.bypassed, original_file=opened.original_file,
                         original_suffix=opened.original_suffix, model=opened.model)
     vf = read_file(path, key, force=force)

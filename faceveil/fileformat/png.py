@@ -20,8 +20,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 from faceveil.errors import FormatError, TamperedError
 
@@ -47,12 +49,11 @@ class PngLayout:
     foreign: list[str] = field(default_factory=list)  # chunk types outside IHDR/IDAT/IEND and ``wanted``
 
 
-def _crc_ok(ctype: bytes, body: bytes, crc: bytes) -> bool:
-    return struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF) == crc
-
-
 def _name(ctype: bytes) -> str:
     return ctype.decode("latin-1").encode("unicode_escape").decode("ascii")
+
+
+Limit = Union[int, Callable[[int, int], int]]
 
 
 def read_png_layout(
@@ -60,11 +61,13 @@ def read_png_layout(
     wanted: frozenset[bytes] = frozenset(),
     max_pixels: int | None = None,
     strict: bool = False,
-    limits: dict[bytes, int] | None = None,
+    limits: dict[bytes, Limit] | None = None,
 ) -> PngLayout | None:
     """The IHDR and the ``wanted`` chunks of a PNG, or None when the file is not a PNG.
 
-    ``limits`` caps a wanted chunk's length in bytes (checked before it is read).
+    ``limits`` caps a wanted chunk's length in bytes, or gives the cap as a function of the
+    image's (width, height); it is checked before the chunk is read. Every chunk's CRC is
+    checked, streaming the ones not kept, so memory stays at the kept chunks.
     Raises :class:`FormatError` (one line naming the file) for a malformed layout, and
     :class:`TamperedError` in ``strict`` mode for a chunk a faceveil file never holds.
     """
@@ -81,7 +84,19 @@ def read_png_layout(
         raise FormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
-def _walk(path: Path, f, size: int, wanted: frozenset[bytes], limit: int, strict: bool, limits: dict[bytes, int]) -> PngLayout | None:
+def _stream_crc(f, ctype: bytes, length: int) -> int:
+    crc = zlib.crc32(ctype)
+    left = length
+    while left:
+        piece = f.read(min(left, 1 << 18))
+        if not piece:
+            break
+        crc = zlib.crc32(piece, crc)
+        left -= len(piece)
+    return crc & 0xFFFFFFFF
+
+
+def _walk(path: Path, f, size: int, wanted: frozenset[bytes], limit: int, strict: bool, limits: dict[bytes, Limit]) -> PngLayout | None:
     if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
         return None
     pos = len(PNG_SIGNATURE)
@@ -108,13 +123,17 @@ def _walk(path: Path, f, size: int, wanted: frozenset[bytes], limit: int, strict
             if ctype in seen:
                 raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} occurs twice")
             seen.add(ctype)
-            if ctype in limits and length > limits[ctype]:
-                raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} holds {length} bytes, more than its limit of {limits[ctype]}")
+            cap = limits.get(ctype)
+            if callable(cap):
+                cap = cap(layout.width, layout.height) if layout is not None else 0
+            if cap is not None and length > cap:
+                raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} holds {length} bytes, more than its limit of {cap}")
             body, crc = f.read(length), f.read(4)
-            if not _crc_ok(ctype, body, crc):
+            if struct.pack(">I", zlib.crc32(body, zlib.crc32(ctype)) & 0xFFFFFFFF) != crc:
                 raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} is corrupt (CRC mismatch)")
-        else:
-            f.seek(end)
+        elif struct.pack(">I", _stream_crc(f, ctype, length)) != f.read(4):
+            # Viewers refuse a chunk whose CRC fails (libpng): a file they cannot show is not genuine.
+            raise FormatError(f"{path}: PNG chunk {_name(ctype)!r} is corrupt (CRC mismatch)")
         if ctype == b"IHDR":
             if length != 13:
                 raise FormatError(f"{path}: PNG IHDR has length {length}, not 13")

@@ -26,7 +26,10 @@ from faceveil.keys import NONCE_BYTES, SecretKey
 from faceveil.models.inversion import LATTICE
 
 SUPPORTED = (1, 2, V3)
-LIMITS = {HEADER_CHUNK: MAX_HEADER_BYTES, MAC_CHUNK: 64}
+# The sealed payload is bounded by the image it describes (version 3: 3 bytes and 1 bit a region
+# pixel, the original file at most 4 bytes a pixel; version 2 stayed under 8), so a junk chunk is
+# refused before it is read.
+LIMITS = {HEADER_CHUNK: MAX_HEADER_BYTES, MAC_CHUNK: 64, DATA_CHUNK: lambda w, h: 12 * w * h + (4 << 20)}
 
 
 def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
@@ -45,8 +48,9 @@ def read_chunks(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The public JSON header, or None when the file carries no faceveil metadata."""
-    layout = read_png_layout(path, CHUNKS, limits=LIMITS)
+    """The public JSON header, or None when the file carries no faceveil metadata (the sealed
+    payload is skipped, never read)."""
+    layout = read_png_layout(path, frozenset({HEADER_CHUNK}), limits=LIMITS)
     if layout is None or HEADER_CHUNK not in layout.chunks:
         return None
     return _parse_header(Path(path), layout.chunks[HEADER_CHUNK])

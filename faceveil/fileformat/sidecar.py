@@ -20,7 +20,10 @@ from PIL import Image
 
 from faceveil.errors import FormatError, TamperedError
 from faceveil.fileformat.png import MAX_PIXELS
-from faceveil.fileformat.v3 import MAX_HEADER_BYTES, MAX_ORIGINAL_FILE, Opened, open_record, parse_header
+from faceveil.fileformat.v3 import (
+    MAX_HEADER_BYTES, MAX_ORIGINAL_FILE, Opened, header_mac, key_matches, open_record, parse_header,
+)  # fmt: skip
+from faceveil.keys import tags_equal
 
 MAGIC = b"\x89FVREC\r\n"
 SUFFIX = ".fvrec"
@@ -54,20 +57,29 @@ def pack(header: bytes, mac: str, payload: bytes) -> bytes:
     return MAGIC + struct.pack(">I", len(header)) + header + struct.pack(">I", len(m)) + m + payload
 
 
-def _unpack(path: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
+def _head(rec: Path, f) -> tuple[bytes, bytes, int]:
+    """(header bytes, MAC, offset of the payload) from the start of a record file; nothing else is read."""
+    data = f.read(len(MAGIC) + 4 + MAX_HEADER_BYTES + 4 + 64)
     if not data.startswith(MAGIC):
-        raise FormatError(f"{path}: not a faceveil record (no {SUFFIX} signature)")
-    pos = len(MAGIC)
-    parts = []
+        raise FormatError(f"{rec}: not a faceveil record (no {SUFFIX} signature)")
+    pos, parts = len(MAGIC), []
     for cap in (MAX_HEADER_BYTES, 64):
         if pos + 4 > len(data):
-            raise FormatError(f"{path}: record is truncated")
+            raise FormatError(f"{rec}: record is truncated")
         (n,) = struct.unpack(">I", data[pos : pos + 4])
         if n > cap or pos + 4 + n > len(data):
-            raise FormatError(f"{path}: record is truncated or a length is out of range")
+            raise FormatError(f"{rec}: record is truncated or a length is out of range")
         parts.append(data[pos + 4 : pos + 4 + n])
         pos += 4 + n
-    return parts[0], parts[1], data[pos:]
+    return parts[0], parts[1], pos
+
+
+def _payload_length(rec: Path, header: dict) -> int:
+    parts = [*(header.get("faces") or []), header.get("file")]
+    lengths = [p.get("sealed_bytes") if isinstance(p, dict) else None for p in parts]
+    if not all(isinstance(n, int) and n >= 0 for n in lengths):
+        raise FormatError(f"{rec}: faceveil header is invalid: a record lacks its sealed length")
+    return sum(lengths)
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -88,15 +100,23 @@ def read_sidecar(image_path: str | os.PathLike[str], key, record: str | os.PathL
     image_path = Path(image_path)
     rec = Path(record) if record is not None else sidecar_path(image_path)
     try:
-        if rec.stat().st_size > MAX_SIDECAR_BYTES:
-            raise FormatError(f"{rec}: record is larger than any faceveil record")
-        data = rec.read_bytes()
+        if not rec.is_file() or rec.stat().st_size > MAX_SIDECAR_BYTES:
+            raise FormatError(f"{rec}: not a record file, or larger than any faceveil record")
+        with open(rec, "rb") as f:
+            header_bytes, mac, start = _head(rec, f)
+            header = parse_header(rec, header_bytes)
+            if header.get("version") != 3 or not isinstance(header.get("image_file"), dict):
+                raise FormatError(f"{rec}: not a version 3 sidecar record")
+            # The MAC first: a record that fails it costs its header, never its payload.
+            if not force and key_matches(header, key) and not tags_equal(header_mac(key, header_bytes), mac):
+                raise TamperedError(f"{rec}: faceveil metadata was modified (authentication failed)")
+            n = _payload_length(rec, header)
+            if start + n != rec.stat().st_size:
+                raise FormatError(f"{rec}: the record's length does not match its header (truncated or padded)")
+            f.seek(start)
+            payload = f.read(n)
     except OSError as exc:
         raise FormatError(f"{rec}: cannot read the record ({exc.strerror or exc})") from None
-    header_bytes, mac, payload = _unpack(rec, data)
-    header = parse_header(rec, header_bytes)
-    if header.get("version") != 3 or not isinstance(header.get("image_file"), dict):
-        raise FormatError(f"{rec}: not a version 3 sidecar record")
     opened = open_record(rec, header_bytes, header, mac, payload, key, force)
     try:
         digest, size = file_sha256(image_path)
@@ -125,13 +145,10 @@ def read_sidecar_header(record: str | os.PathLike[str]) -> dict:
     """The public header of a sidecar record (nothing authenticated: that needs the key)."""
     rec = Path(record)
     try:
+        if not rec.is_file():
+            raise FormatError(f"{rec}: not a record file")
         with open(rec, "rb") as f:
-            data = f.read(len(MAGIC) + 8 + MAX_HEADER_BYTES + 64)
+            header_bytes, _, _ = _head(rec, f)
     except OSError as exc:
         raise FormatError(f"{rec}: cannot read the record ({exc.strerror or exc})") from None
-    if not data.startswith(MAGIC):
-        raise FormatError(f"{rec}: not a faceveil record (no {SUFFIX} signature)")
-    (n,) = struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])
-    if n > MAX_HEADER_BYTES or len(MAGIC) + 4 + n > len(data):
-        raise FormatError(f"{rec}: record is truncated or a length is out of range")
-    return parse_header(rec, data[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
+    return parse_header(rec, header_bytes)

@@ -55,6 +55,18 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_HEADER_DEPTH = 4
 MAX_FACES = 1024
 MAX_ORIGINAL_FILE = 256 << 20
+FILE_META_BYTES = 4096  # the file record's description, padded: its length is the same for every file
+FACE_META_BYTES = 128
+
+
+def original_file_cap(h: int, w: int) -> int:
+    """Largest input file a record may seal for an h x w photo (what any sane encoding of it takes)."""
+    return min(MAX_ORIGINAL_FILE, 4 * h * w + (1 << 20))
+
+
+def padded_size(n: int) -> int:
+    """The sealed size of an n-byte original file: the next power of two (its exact size links it to its source)."""
+    return 0 if n == 0 else 1 << (n - 1).bit_length()
 TREATMENTS = ("diffusion", "blur", "pixelate", "box", "cover")
 
 
@@ -145,8 +157,9 @@ def seal(image: np.ndarray, original: np.ndarray, faces: list[SealedFace], model
         raise ValueError(f"a file holds 1 to {MAX_FACES} faces, got {len(faces)}")
     if len({f.nonce for f in faces}) != len(faces) or any(len(f.nonce) != NONCE_BYTES for f in faces):
         raise ValueError("every face needs its own 16-byte nonce")
-    if original_file is not None and len(original_file) > MAX_ORIGINAL_FILE:
-        raise ValueError(f"the original file is larger than {MAX_ORIGINAL_FILE >> 20} MiB")
+    if original_file is not None and len(original_file) > original_file_cap(*original.shape[:2]):
+        raise ValueError(f"the original file ({len(original_file)} bytes) is larger than a record keeps for a "
+                         f"{original.shape[1]}x{original.shape[0]} photo ({original_file_cap(*original.shape[:2])} bytes)")
     check_regions(image, original, faces)
     sealed, entries = [], []
     for f in faces:
@@ -157,7 +170,7 @@ def seal(image: np.ndarray, original: np.ndarray, faces: list[SealedFace], model
             "box": np.asarray(f.box, dtype=np.int64),
             "inside": np.packbits(f.inside.ravel()),
             "original": f.original,
-            "meta": _json_array({"index": int(f.index), "treatment": f.treatment}),
+            "meta": _json_array({"index": int(f.index), "treatment": f.treatment}, FACE_META_BYTES),
         }
         if f.affine is not None:
             arrays["affine"] = np.asarray(f.affine, dtype=np.float64).reshape(2, 3)
@@ -168,10 +181,11 @@ def seal(image: np.ndarray, original: np.ndarray, faces: list[SealedFace], model
         f.check = key.check_value(f.nonce)
         entries.append({"nonce": f.nonce.hex(), "check": f.check, "sealed_bytes": len(sealed[-1])})
     file_nonce = new_nonce()
+    size = None if original_file is None else len(original_file)
     record = {"digest": np.frombuffer(original_digest(key, file_nonce, original), dtype=np.uint8),
-              "meta": _json_array({"model": model, "original_suffix": original_suffix})}
+              "meta": _json_array({"model": model, "original_suffix": original_suffix, "original_size": size}, FILE_META_BYTES)}
     if original_file is not None:
-        record["original_file"] = np.frombuffer(original_file, dtype=np.uint8)
+        record["original_file"] = np.frombuffer(original_file + bytes(padded_size(size) - size), dtype=np.uint8)
     sealed.append(seal_arrays(record, key, FILE_PURPOSE, file_nonce, compressed=False))
     payload = b"".join(sealed)
     from faceveil import __version__
@@ -191,8 +205,12 @@ def seal(image: np.ndarray, original: np.ndarray, faces: list[SealedFace], model
     return json.dumps(header, separators=(",", ":")).encode(), payload
 
 
-def _json_array(obj: Any) -> np.ndarray:
-    return np.frombuffer(json.dumps(obj, separators=(",", ":")).encode(), dtype=np.uint8)
+def _json_array(obj: Any, pad_to: int) -> np.ndarray:
+    """JSON bytes padded with spaces to ``pad_to``, so the sealed length says nothing about the text."""
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    if len(raw) > pad_to:
+        raise ValueError(f"a sealed description of {len(raw)} bytes is over its {pad_to}")
+    return np.frombuffer(raw + b" " * (pad_to - len(raw)), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- opening
@@ -222,7 +240,7 @@ def _sizes(header: dict[str, Any], payload_len: int) -> list[tuple[bytes, int]]:
     for i, part in enumerate(parts):
         if not isinstance(part, dict) or not isinstance(part.get("sealed_bytes"), int) or part["sealed_bytes"] < 16:
             raise ValueError("a record lacks its sealed length")
-        cap = face_cap if i < len(faces) else MAX_ORIGINAL_FILE + (1 << 20)
+        cap = face_cap if i < len(faces) else 2 * original_file_cap(h, w) + FILE_META_BYTES + (1 << 16)
         if part["sealed_bytes"] > cap:
             raise ValueError(f"a record claims {part['sealed_bytes']} bytes, more than a {w}x{h} image needs")
         nonce = bytes.fromhex(str(part.get("nonce", "")))
@@ -262,7 +280,16 @@ def open_record(path: Path, header_bytes: bytes, header: dict[str, Any], mac: by
     A wrong key raises :class:`KeyMismatchError`; a failed MAC or payload hash
     :class:`TamperedError` unless ``force`` (listed in ``bypassed``); a record that does
     not open fails always (force cannot break encryption)."""
+    try:
+        h, w = _image_size(header)
+        parts = _sizes(header, len(payload))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
     if not key_matches(header, key):
+        # An edited check value must not pass for a wrong key: the key holder's own record still opens.
+        nonce, n = parts[0]
+        if key.open(FACE_PURPOSE, nonce, payload[:n], FACE_PURPOSE.encode()) is not None:
+            raise TamperedError(f"{path}: a face's check value was edited (its record opens under this key)")
         raise KeyMismatchError(f"{path}: wrong key: this file was anonymized with another key")
     bypassed: list[str] = []
 
@@ -275,11 +302,6 @@ def open_record(path: Path, header_bytes: bytes, header: dict[str, Any], mac: by
         refuse("faceveil metadata was modified (authentication failed)")
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         refuse("sealed records do not match the header's hash")
-    try:
-        h, w = _image_size(header)
-        parts = _sizes(header, len(payload))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
     faces, pos = [], 0
     for i, (nonce, n) in enumerate(parts[:-1]):
         face = _open_face(path, payload[pos : pos + n], key, nonce, h, w, i)
@@ -289,13 +311,18 @@ def open_record(path: Path, header_bytes: bytes, header: dict[str, Any], mac: by
     nonce, n = parts[-1]
     arrays = _open(path, payload[pos : pos + n], key, FILE_PURPOSE, nonce, "the file record", {
         "digest": exactly(("U8",), (32,)),
-        "meta": at_most(("U8",), 1 << 16, ndim=1),
-        "original_file": at_most(("U8",), MAX_ORIGINAL_FILE, ndim=1),
+        "meta": exactly(("U8",), (FILE_META_BYTES,)),
+        "original_file": at_most(("U8",), 2 * original_file_cap(h, w), ndim=1),
     })
     meta = _meta(path, arrays["meta"], "the file record")
     model = meta.get("model")
     suffix = meta.get("original_suffix")
-    original_file = arrays["original_file"].tobytes() if "original_file" in arrays else None
+    original_file = None
+    if "original_file" in arrays:
+        n = meta.get("original_size")
+        if not isinstance(n, int) or not 0 <= n <= arrays["original_file"].size:
+            raise FormatError(f"{path}: the file record's original file has no valid size")
+        original_file = arrays["original_file"][:n].tobytes()
     return Opened(header, faces, model if isinstance(model, dict) else None, arrays["digest"].tobytes(), original_file,
                   suffix if isinstance(suffix, str) and len(suffix) <= 16 else None, bypassed)
 
@@ -328,7 +355,7 @@ def _open_face(path: Path, blob: bytes, key: SecretKey, nonce: bytes, h: int, w:
         "box": exactly(("I64",), (4,)),
         "inside": at_most(("U8",), (h * w + 7) // 8, ndim=1),
         "original": at_most(("U8",), 3 * h * w, ndim=2),
-        "meta": at_most(("U8",), 1 << 12, ndim=1),
+        "meta": exactly(("U8",), (FACE_META_BYTES,)),
         "affine": exactly(("F64",), (2, 3)),
         "crop_size": exactly(("I64",), (2,)),
         "crop_mask": at_most(("U8",), (1 << 28) // 8, ndim=1),
