@@ -58,9 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if broken:
                 print(f"faceveil {args.command}: error: {broken}", file=sys.stderr)
                 return 2
-            from faceveil.cli.common import apply_threads
+            if not getattr(args, "threads_on_demand", False):  # recover sets them only if a model runs
+                from faceveil.cli.common import apply_threads
 
-            apply_threads(args.threads)
+                apply_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("faceveil: interrupted", file=sys.stderr)

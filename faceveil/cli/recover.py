@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recover version 1 files (their pixels and settings were never authenticated)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_model_args(p, backbone_default=None)
-    p.set_defaults(func=run)
+    # Version 3 files open without torch; the thread count is set when a version 1/2 file needs the model.
+    p.set_defaults(func=run, threads_on_demand=True)
 
 
 class Loader:
@@ -153,16 +154,14 @@ def recover_v3(src: Path, dst: Path, args: argparse.Namespace, key, report: Repo
 
 def is_v3(src: Path, record: Path | None) -> bool:
     from faceveil.errors import FormatError
-    from faceveil.fileformat import read_header
-    from faceveil.fileformat.original import has_sidecar
+    from faceveil.fileformat.original import file_version, has_sidecar
 
     if record is not None or has_sidecar(src):
         return True
     try:
-        header = read_header(src)
+        return file_version(src) == 3
     except FormatError:
         return False  # the legacy path reports it
-    return bool(header) and header.get("version") == 3
 
 
 def same_weights_only(batch: list, bb, force: bool, report: Report, bar) -> list:
@@ -184,15 +183,9 @@ def same_weights_only(batch: list, bb, force: bool, report: Report, bar) -> list
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from faceveil.data.images import save_image
-    from faceveil.errors import FaceveilError, InputError, TamperedError
-    from faceveil.fileformat import escape
+    from faceveil.errors import FaceveilError
     from faceveil.keys import load_key
-    from faceveil.models.pipeline import Anonymizer
 
-    quiet_libraries()
     # Recovered originals are private: never inside the folder of the anonymized (public) files.
     check_output_folder(args.inputs, args.output, private=True)
     report = Report("recover")
@@ -216,8 +209,26 @@ def run(args: argparse.Namespace) -> int:
         for src, _ in legacy:
             report.fail(src, "--force on a version 1/2 file needs --backbone: an unauthenticated file never chooses the model")
         legacy = []
-    loader = Loader(args, key, report)
+    if legacy:
+        recover_legacy(args, key, legacy, report)
+    return report.finish("recovered", args.output)
+
+
+def recover_legacy(args: argparse.Namespace, key, legacy: list[tuple[Path, Path]], report: Report) -> None:
+    """Version 1 and 2 files (and stripped ones with --meta): replayed through the model."""
+    import torch
+
     from faceveil.cli.recover_photos import is_photo_file, recover_photo_files
+    from faceveil.data.images import save_image
+    from faceveil.errors import FaceveilError, InputError, TamperedError
+    from faceveil.fileformat import escape
+    from faceveil.models.pipeline import Anonymizer
+
+    from faceveil.cli.common import apply_threads
+
+    apply_threads(args.threads)
+    quiet_libraries()
+    loader = Loader(args, key, report)
 
     items = []
     photo_pairs = [(src, dst) for src, dst in legacy if is_photo_file(src)]
@@ -285,4 +296,3 @@ def run(args: argparse.Namespace) -> int:
             settle(bar, start, total)
         writer.close()
         bar.close()
-    return report.finish("recovered", args.output)

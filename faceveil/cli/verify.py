@@ -20,20 +20,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def verify_one(src: Path, key) -> str:
     """What ``src`` is, in plain words, once it verified; raises FaceveilError when it does not."""
     from faceveil.errors import FormatError
-    from faceveil.fileformat import read_header, verify_file
-    from faceveil.fileformat.original import has_sidecar, open_original
+    from faceveil.fileformat.original import file_version, has_sidecar, open_original
 
-    if has_sidecar(src):
+    if has_sidecar(src) or file_version(src) == 3:
         o = open_original(src, key)
-        tail = "faces exact, the rest as published (lossy image)" if o.lossy else "restores the original bit for bit"
-        return f"ok ({o.faces} face{'s' if o.faces != 1 else ''}, version 3 with a sidecar record; {tail})"
-    if read_header(src) is None:
+        faces = f"{o.faces} face{'s' if o.faces != 1 else ''}"
+        if has_sidecar(src):
+            tail = "faces exact, the rest as published (lossy image)" if o.lossy else "restores the original bit for bit"
+            return f"ok ({faces}, version 3 with a sidecar record; {tail})"
+        return f"ok ({faces}, version 3; restores the original bit for bit)"
+    if file_version(src) is None:
         raise FormatError(f"{src}: cannot be authenticated: it carries no faceveil record (stripped or re-encoded?)")
+    from faceveil.fileformat import verify_file
+
     vf = verify_file(src, key)
     n = vf.face_count
     faces = f"{n} face{'s' if n != 1 else ''}"
-    if vf.version == 3:
-        return f"ok ({faces}, version 3; restores the original bit for bit)"
     return f"ok ({faces}, version {vf.version}; recovery replays the model: exact only on the kind of machine that made it)"
 
 

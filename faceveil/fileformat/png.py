@@ -172,3 +172,36 @@ def join_chunks(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return PNG_SIGNATURE + b"".join(
         struct.pack(">I", len(b)) + c + b + struct.pack(">I", zlib.crc32(c + b) & 0xFFFFFFFF) for c, b in chunks
     )
+
+
+def plain_layout_problems(path: Path, layout: PngLayout, force: bool) -> list[str]:
+    """Refuse what a faceveil file never holds: any pixel layout but 8-bit RGB without interlacing
+    (never bypassed: decoding 16-bit or alpha costs up to 8 bytes a pixel), and chunks outside the
+    faceveil ones, which change what a viewer shows (``force`` lets those through: returned)."""
+    if (layout.bit_depth, layout.color_type, layout.interlace) != (8, 2, 0):
+        raise TamperedError(f"{path}: the PNG is not 8-bit RGB without interlacing, as faceveil writes it (altered)")
+    if not layout.foreign:
+        return []
+    from faceveil.errors import escape
+
+    what = (f"PNG chunks {escape(', '.join(sorted(set(layout.foreign))), 120)} are not part of a faceveil file "
+            "(they change what a viewer shows); the file was altered after anonymization")
+    if not force:
+        raise TamperedError(f"{path}: {what}")
+    return [what]
+
+
+def decode_rgb(path: str | os.PathLike[str], h: int, w: int):  # -> np.ndarray
+    """The pixels of an image file that must be ``w`` x ``h``, as (h, w, 3) uint8 (checked before decoding)."""
+    from PIL import Image
+
+    from faceveil.data.images import to_rgb_array
+
+    try:
+        with Image.open(path) as img:
+            if img.size != (w, h):
+                raise FormatError(f"{path}: image is {img.size[0]}x{img.size[1]}, its record says {w}x{h}")
+            img.load()
+            return to_rgb_array(img, str(path))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise FormatError(f"{path}: pixels cannot be decoded ({exc.__class__.__name__})") from None

@@ -9,27 +9,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from faceveil.data.images import to_rgb_array
 from faceveil.errors import FormatError, KeyMismatchError, TamperedError, escape
-from faceveil.fileformat.png import MAX_PIXELS, read_png_layout
+from faceveil.fileformat.png import MAX_PIXELS, decode_rgb, plain_layout_problems, read_png_layout
 from faceveil.fileformat.records import (
-    CHUNKS, DATA_CHUNK, V1_MAX_PIXELS, FACE_PURPOSE, HEADER_CHUNK, MAX_FACES, MAX_HEADER_BYTES, PHOTO_PURPOSE,
+    CHUNKS, DATA_CHUNK, V1_MAX_PIXELS, FACE_PURPOSE, HEADER_CHUNK, MAX_FACES, PHOTO_PURPOSE,
     FaceRecord, FileInfo, VeiledFile, file_info, header_authentic, info_from_model,
 )  # fmt: skip
 from faceveil.fileformat.sealing import at_most, exactly, open_arrays
-from faceveil.fileformat.v3 import MAC_CHUNK, is_original, key_matches, open_record, parse_header, pixels_sha256, restore
+from faceveil.fileformat.v3 import LIMITS, key_matches, parse_header, pixels_sha256
 from faceveil.fileformat.v3 import VERSION as V3
 from faceveil.fileformat.v1 import read_v1
 from faceveil.keys import NONCE_BYTES, SecretKey
 from faceveil.models.inversion import LATTICE
 
 SUPPORTED = (1, 2, V3)
-# The sealed payload is bounded by the image it describes (version 3: 3 bytes and 1 bit a region
-# pixel, the original file at most 4 bytes a pixel; version 2 stayed under 8), so a junk chunk is
-# refused before it is read.
-LIMITS = {HEADER_CHUNK: MAX_HEADER_BYTES, MAC_CHUNK: 64, DATA_CHUNK: lambda w, h: 12 * w * h + (4 << 20)}
 
 
 def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
@@ -54,17 +48,6 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if layout is None or HEADER_CHUNK not in layout.chunks:
         return None
     return _parse_header(Path(path), layout.chunks[HEADER_CHUNK])
-
-
-def _decode_pixels(path: Path, h: int, w: int) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            if img.size != (w, h):
-                raise FormatError(f"{path}: image is {img.size[0]}x{img.size[1]}, the header says {w}x{h}")
-            img.load()
-            return to_rgb_array(img, str(path))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise FormatError(f"{path}: pixels cannot be decoded ({exc.__class__.__name__})") from None
 
 
 def _int_list(header: dict[str, Any], name: str, n: int, low: int, high: int) -> list[int]:
@@ -182,17 +165,9 @@ def read_file(path: str | os.PathLike[str], key: SecretKey | None = None, force:
     if layout is None or HEADER_CHUNK not in layout.chunks or DATA_CHUNK not in layout.chunks:
         raise FormatError(f"{path}: no faceveil metadata (stripped or re-encoded?)")
     header = _parse_header(path, layout.chunks[HEADER_CHUNK])
-    bypassed: list[str] = []
-    if (layout.bit_depth, layout.color_type, layout.interlace) != (8, 2, 0):
-        # Never bypassed: decoding another layout (16-bit, alpha, palette) is not what faceveil wrote,
-        # and costs up to 8 bytes a pixel.
-        raise TamperedError(f"{path}: the PNG is not 8-bit RGB without interlacing, as faceveil writes it (altered)")
-    if key is not None and layout.foreign:
-        what = (f"PNG chunks {escape(', '.join(sorted(set(layout.foreign))), 120)} are not part of a faceveil file "
-                "(they change what a viewer shows); the file was altered after anonymization")
-        if not force:
-            raise TamperedError(f"{path}: {what}")
-        bypassed.append(what)
+    bypassed = plain_layout_problems(path, layout, force) if key is not None else []
+    if key is None and (layout.bit_depth, layout.color_type, layout.interlace) != (8, 2, 0):
+        plain_layout_problems(path, layout, True)  # the pixel layout is refused even without the key
     if header["version"] == V3:
         vf = _read_v3(path, layout, header, key, force, pixels)
     elif header["version"] == 2:
@@ -213,7 +188,7 @@ def _read_v1(path: Path, layout, header: dict[str, Any], key: SecretKey | None, 
         raise FormatError(f"{path}: a version 1 file of {layout.width}x{layout.height}; version 1 held aligned crops "
                           f"of at most {V1_MAX_PIXELS} pixels")
     payload = layout.chunks[DATA_CHUNK]
-    v = read_v1(path, header, payload, lambda h, w: _decode_pixels(path, h, w), key, force)
+    v = read_v1(path, header, payload, lambda h, w: decode_rgb(path, h, w), key, force)
     if key is not None and not v.background_intact and not force:
         raise TamperedError(f"{path}: pixels outside the mask were edited since anonymization")
     rec = FaceRecord(v.nonce, v.mask, v.state, v.sealed_residual)
@@ -222,30 +197,23 @@ def _read_v1(path: Path, layout, header: dict[str, Any], key: SecretKey | None, 
 
 
 def _read_v3(path: Path, layout, header: dict[str, Any], key: SecretKey | None, force: bool, pixels: bool) -> VeiledFile:
+    from faceveil.fileformat.original import open_layout, restore_checked
+
     vf = VeiledFile(path, header, None, None, [])
-    try:
-        h, w = header["image_size"]
-        if [h, w] != [layout.height, layout.width]:
-            raise ValueError(f"it describes a {escape(w)}x{escape(h)} image but the PNG is {layout.width}x{layout.height}")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
-    if key is not None:
-        opened = open_record(path, layout.chunks[HEADER_CHUNK], header, layout.chunks.get(MAC_CHUNK),
-                             layout.chunks[DATA_CHUNK], key, force, layout.ihdr)
-        vf.faces, vf.model, vf.bypassed = opened.faces, opened.model, opened.bypassed
-        vf.original_file, vf.original_suffix = opened.original_file, opened.original_suffix
-        vf.authenticated = not opened.bypassed
-        vf.info = info_from_model(opened.model)
-    if pixels:
-        vf.image = _decode_pixels(path, layout.height, layout.width)
-        vf.pixels_intact = pixels_sha256(vf.image) == header.get("pixels_sha256")
-        if key is not None:
-            if not vf.pixels_intact:
-                _refuse(vf, force, TamperedError(f"{path}: pixels were edited since anonymization (face or background)"))
-            vf.original = restore(vf.image, vf.faces)
-            vf.exact = is_original(opened, key, vf.original)
-            if not vf.exact and vf.pixels_intact:
-                raise FormatError(f"{path}: the restored photo does not match the sealed digest of the original")
+    if key is None:
+        if header.get("image_size") != [layout.height, layout.width]:
+            raise FormatError(f"{path}: faceveil header is invalid: it describes a {escape(header.get('image_size'))} "
+                              f"image but the PNG is {layout.height}x{layout.width}")
+        if pixels:
+            vf.image = decode_rgb(path, layout.height, layout.width)
+            vf.pixels_intact = pixels_sha256(vf.image) == header.get("pixels_sha256")
+        return vf
+    opened, vf.image, vf.pixels_intact = open_layout(path, layout, header, key, force)
+    vf.faces, vf.model, vf.bypassed = opened.faces, opened.model, opened.bypassed
+    vf.original_file, vf.original_suffix = opened.original_file, opened.original_suffix
+    vf.authenticated = not any("authentication" in b for b in opened.bypassed)
+    vf.info = info_from_model(opened.model)
+    vf.original, vf.exact = restore_checked(path, opened, vf.image, vf.pixels_intact, key)
     return vf
 
 
@@ -271,7 +239,7 @@ def _read_v2(path: Path, layout, header: dict[str, Any], key: SecretKey | None, 
         if failed:
             _refuse(vf, force, TamperedError(f"{path}: {', '.join(failed)} did not open under this key (altered)"))
     if pixels:
-        vf.image = _decode_pixels(path, layout.height, layout.width)
+        vf.image = decode_rgb(path, layout.height, layout.width)
         vf.pixels_intact = pixels_sha256(vf.image) == header.get("pixels_sha256")
         if not vf.pixels_intact and key is not None:
             _refuse(vf, force, TamperedError(f"{path}: pixels were edited since anonymization (face or background)"))

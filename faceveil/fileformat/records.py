@@ -11,21 +11,17 @@ import numpy as np
 import torch
 
 from faceveil.fileformat.v1 import canonical as v1_canonical
-from faceveil.fileformat.v3 import SealedFace
+from faceveil.fileformat.v3 import CHUNKS, DATA_CHUNK, HEADER_CHUNK, MAC_CHUNK, SealedFace  # noqa: F401 (re-exported)
 from faceveil.keys import SecretKey, tags_equal
 from faceveil.models.pipeline import Veiled
 from faceveil.models.settings import Settings
 
 FORMAT = "faceveil"
 VERSION = 3  # the version written; 1 and 2 are still read
-HEADER_CHUNK = b"fvHd"
-DATA_CHUNK = b"fvDt"
-MAC_CHUNK = b"fvMc"
 FACE_PURPOSE = "face-record"
 PHOTO_PURPOSE = "photo-record"
 MAX_HEADER_BYTES = 1 << 20
 MAX_FACES = 1024
-CHUNKS = frozenset({HEADER_CHUNK, DATA_CHUNK, MAC_CHUNK})
 V1_MAX_PIXELS = 2048 * 2048  # version 1 held aligned crops; bounds what --allow-v1 decodes
 
 

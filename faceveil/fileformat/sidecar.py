@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from faceveil.errors import FormatError, TamperedError
-from faceveil.fileformat.png import MAX_PIXELS
+from faceveil.fileformat.png import MAX_PIXELS, decode_rgb
 from faceveil.fileformat.v3 import (
     MAX_HEADER_BYTES, MAX_ORIGINAL_FILE, Opened, header_mac, key_matches, open_record, parse_header,
 )  # fmt: skip
@@ -130,14 +130,7 @@ def read_sidecar(image_path: str | os.PathLike[str], key, record: str | os.PathL
             raise TamperedError(f"{image_path}: {what}")
         opened.bypassed.append(what)
     h, w = header["image_size"]
-    try:
-        with Image.open(image_path) as img:
-            if img.size != (w, h):
-                raise FormatError(f"{image_path}: image is {img.size[0]}x{img.size[1]}, its record says {w}x{h}")
-            img.load()
-            pixels = np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise FormatError(f"{image_path}: pixels cannot be decoded ({exc.__class__.__name__})") from None
+    pixels = decode_rgb(image_path, h, w)
     return opened, pixels, intact
 
 

@@ -48,13 +48,20 @@ from faceveil.jsonfile import parse_json
 from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce, tags_equal
 
 VERSION = 3
+HEADER_CHUNK = b"fvHd"
+DATA_CHUNK = b"fvDt"
 MAC_CHUNK = b"fvMc"
+CHUNKS = frozenset({HEADER_CHUNK, DATA_CHUNK, MAC_CHUNK})
 FACE_PURPOSE = "face-region"
 FILE_PURPOSE = "file-record"
 MAX_HEADER_BYTES = 1 << 20
 MAX_HEADER_DEPTH = 4
 MAX_FACES = 1024
 MAX_ORIGINAL_FILE = 256 << 20
+# The sealed payload is bounded by the image it describes (version 3: 3 bytes and 1 bit a region
+# pixel, the original file at most 4 bytes a pixel; version 2 stayed under 8), so a junk chunk is
+# refused before it is read.
+LIMITS = {HEADER_CHUNK: MAX_HEADER_BYTES, MAC_CHUNK: 64, DATA_CHUNK: lambda w, h: 12 * w * h + (4 << 20)}
 FILE_META_BYTES = 4096  # the file record's description, padded: its length is the same for every file
 FACE_META_BYTES = 128
 
