@@ -123,7 +123,7 @@ def run(photos: Sequence[str], sizes: Sequence[int], trials: int) -> dict[str, A
                     continue  # too small a region: no mark
                 err = (marked.astype(np.float64) - img)[mask]
                 row["psnr_db"].append(10 * np.log10(255.0**2 / max(np.mean(err**2), 1e-12)))
-                truth = wm._bits(wm.seal_id(key, rid))
+                truth = wm.sealed_bits(key, rid)
                 for label, (distort, find, scales, shift) in DISTORTIONS.items():
                     seen = distort(marked)
                     region = find(mask)

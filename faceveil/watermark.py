@@ -150,8 +150,9 @@ def capacity(mask: np.ndarray) -> int:
 # --------------------------------------------------------------------------- embed and extract
 
 
-def _bits(data: bytes) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+def sealed_bits(key: SecretKey, recovery_id: bytes) -> np.ndarray:
+    """The 128 bits a mark of ``recovery_id`` carries (what :func:`read_bits` should return)."""
+    return np.unpackbits(np.frombuffer(seal_id(key, recovery_id), dtype=np.uint8))
 
 
 def embed(image: np.ndarray, mask: np.ndarray, key: SecretKey, recovery_id: bytes) -> np.ndarray:
@@ -172,7 +173,7 @@ def embed(image: np.ndarray, mask: np.ndarray, key: SecretKey, recovery_id: byte
             f"(needs {-(-PAYLOAD_BITS // len(COEFFS))}); faces under about 100 px cannot carry one"
         )
     table = placement(key)
-    want = _bits(seal_id(key, recovery_id))[table.bit[cells[:, 0], cells[:, 1]]]  # (n, C)
+    want = sealed_bits(key, recovery_id)[table.bit[cells[:, 0], cells[:, 1]]]  # (n, C)
     dither = table.dither[cells[:, 0], cells[:, 1]]
     blocks = _gather(_luma(image), cells, origin)
     coef = np.einsum("nij,cij->nc", blocks, _BASIS)

@@ -97,7 +97,7 @@ def test_tampered_sealed_bits_fail_authentication():
 
 
 def test_doubtful_bits_are_corrected_but_confident_errors_are_not():
-    truth = wm._bits(wm.seal_id(KEY, RID))
+    truth = wm.sealed_bits(KEY, RID)
     soft = np.where(truth == 1, -5.0, 5.0)
     soft[[3, 70, 101]] *= -0.1  # three wrong but weak votes
     assert wm._decode(KEY, soft, doubtful=6) == RID
