@@ -35,7 +35,7 @@ LDM_FFHQ_ID = "CompVis/ldm-celebahq-256"
 EXPORT_MANIFEST = "faceveil.json"
 # tiny's trained autoencoder (python -m faceveil.train.tiny_autoencoder writes it) and its digest.
 TINY_VAE_PATH = Path(__file__).resolve().parent / "weights" / "tiny_vae.safetensors"
-TINY_VAE_SHA256 = "9e8f3c49560142e7a3ae726171ceb98b3ac4589fccb6923afb346af16ecb0763"
+TINY_VAE_SHA256 = "77fd229b643b21345bd431c11d0329cf1daa3dad5c6c0dc88e7950457f454a3c"
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,
