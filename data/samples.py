@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from faceveil.data.images import load_image
 from faceveil.errors import InputError
 
 
@@ -47,3 +51,23 @@ def sample_photo_path(name: str) -> Path:
 def sample_photo_paths() -> dict[str, Path]:
     """All bundled sample photos by name."""
     return {name: sample_photo_path(name) for name in SAMPLE_NAMES}
+
+
+# Square face boxes (rows, cols) in the bundled photos, for measurements on a face crop;
+# None: the photo is already an aligned face.
+FACE_BOXES: dict[str, tuple[slice, slice] | None] = {
+    "astronaut": (slice(20, 276), slice(130, 386)),
+    "grace_hopper": (slice(90, 346), slice(132, 388)),
+    "tom_hanks": None,
+}
+
+
+def sample_face(name: str, size: int = 256) -> np.ndarray:
+    """The face crop of a bundled photo, resized to ``size`` px (uint8 RGB), e.g. ``sample_face("astronaut")``."""
+    if name not in FACE_BOXES:
+        raise InputError(f"no face box for sample photo {name!r}; known: {', '.join(FACE_BOXES)}")
+    img = load_image(sample_photo_path(name))
+    box = FACE_BOXES[name]
+    if box is not None:
+        img = img[box]
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))

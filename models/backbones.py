@@ -1,7 +1,9 @@
 """Diffusion backbones by name: UNet + autoencoder + DDIM schedule (+ fixed prompt embedding).
 
 ``load_backbone(spec)`` accepts:
-- ``tiny``: the sd2-inpaint classes at toy size, random weights from a fixed seed;
+- ``tiny``: the sd2-inpaint classes at toy size: a random UNet from a fixed seed and a small
+  trained autoencoder (``models/weights/tiny_vae.safetensors``, written by
+  ``python -m faceveil.train.tiny_autoencoder``);
 - ``sd2-inpaint`` or ``sd2-inpaint:<hub id or folder>``: Stable Diffusion 2 inpainting
   (9-channel UNet2DConditionModel, kl-f8 AutoencoderKL, scaling 0.18215);
 - ``ldm-ffhq`` or ``ldm-ffhq:<hub id or folder>``: the published method's unconditional
@@ -31,6 +33,9 @@ from faceveil.errors import ConfigError
 SD2_INPAINT_ID = "stabilityai/stable-diffusion-2-inpainting"
 LDM_FFHQ_ID = "CompVis/ldm-celebahq-256"
 EXPORT_MANIFEST = "faceveil.json"
+# tiny's trained autoencoder (python -m faceveil.train.tiny_autoencoder writes it) and its digest.
+TINY_VAE_PATH = Path(__file__).resolve().parent / "weights" / "tiny_vae.safetensors"
+TINY_VAE_SHA256 = "77fd229b643b21345bd431c11d0329cf1daa3dad5c6c0dc88e7950457f454a3c"
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -161,7 +166,25 @@ class Backbone:
 # --------------------------------------------------------------------------- layouts
 
 
-def tiny_components(seed: int = 0) -> dict[str, Any]:
+def load_tiny_vae_weights(vae: torch.nn.Module, path: Path = TINY_VAE_PATH) -> None:
+    """Load tiny's trained autoencoder into ``vae``, after checking the file's SHA-256."""
+    from safetensors.torch import load_file
+
+    retrain = "python -m faceveil.train.tiny_autoencoder"
+    if not path.is_file():
+        raise ConfigError(f"{path}: tiny's autoencoder weights are missing; reinstall faceveil, or rebuild them with {retrain}")
+    digest = file_sha256(path)
+    if digest != TINY_VAE_SHA256:
+        raise ConfigError(
+            f"{path}: SHA-256 {digest[:16]}... is not tiny's ({TINY_VAE_SHA256[:16]}...): the file was altered; "
+            f"restore it from the package, or rebuild it with {retrain} and set TINY_VAE_SHA256"
+        )
+    # Copies: a tensor at an unaligned address in the file's buffer would take other kernels.
+    vae.load_state_dict({k: v.clone() for k, v in load_file(path).items()}, strict=True)
+
+
+def tiny_components(seed: int = 0, trained_vae: bool = True) -> dict[str, Any]:
+    """tiny's parts; ``trained_vae=False`` keeps the autoencoder's random initialisation (to train it)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -184,10 +207,15 @@ def tiny_components(seed: int = 0) -> dict[str, Any]:
             block_out_channels=(8, 16, 16, 16),
             layers_per_block=1,
             latent_channels=4,
-            norm_num_groups=8,
+            # Groups of 4 channels, not 1: a one-channel group would normalize away that channel's
+            # per-image mean, the colour cast the autoencoder must carry.
+            norm_num_groups=2,
             sample_size=256,
         )
         prompt = torch.randn(1, 8, 32)
+    # Loaded after the seeded draws, so the UNet and prompt are those of the all-random tiny.
+    if trained_vae:
+        load_tiny_vae_weights(vae)
     return dict(unet=unet, vae=vae, scheduler=DDIMScheduler(**SD_SCHEDULER), scaling_factor=1.0, prompt_embeds=prompt)
 
 
