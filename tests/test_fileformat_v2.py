@@ -29,7 +29,7 @@ from faceveil.fileformat import (
     verify_file,
     write_file,
 )
-from faceveil.keys import SecretKey, new_nonce
+from faceveil.keys import SecretKey, new_nonce, save_key
 from faceveil.models.inversion import LATTICE
 from faceveil.models.settings import Settings
 from faceveil.fileformat.sealing import exactly, open_arrays
@@ -146,16 +146,7 @@ def test_pixel_bomb_is_refused_from_its_ihdr(good, tmp_path):
     (tmp_path / "bomb.png").write_bytes(_png(bomb))
     _refused(tmp_path / "bomb.png", key, "more than the limit")
     # The same through the CLI: one line for the bomb, the good file beside it still verifies.
-    assert main(["verify", str(tmp_path / "bomb.png"), str(path), "--key", str(_keyfile(tmp_path, key))]) == 1
-
-
-def _keyfile(tmp_path: Path, key: SecretKey) -> Path:
-    from faceveil.keys import save_key
-
-    p = tmp_path / "k.key"
-    if not p.exists():
-        save_key(key, p)
-    return p
+    assert main(["verify", str(tmp_path / "bomb.png"), str(path), "--key", str(save_key(key, tmp_path / "k.key"))]) == 1
 
 
 def test_lying_shapes_are_refused_before_decoding(good, tmp_path):
@@ -247,7 +238,7 @@ def test_version_1_files_only_with_allow_v1_and_marked_unauthenticated(tmp_path)
     assert vf.authenticated is False and vf.version == 1
     r = vf.records[0]
     assert torch.equal(r.state, rec.state) and np.array_equal(r.mask, rec.mask) and r.nonce == nonce
-    kf = _keyfile(tmp_path, key)
+    kf = save_key(key, tmp_path / "k.key")
     pub = tmp_path / "pub"
     pub.mkdir()
     (pub / "v1.png").write_bytes((tmp_path / "v1.png").read_bytes())
