@@ -12,10 +12,12 @@ One trajectory: the loss sees the images ``faceveil anonymize`` makes. Per batch
    itself runs, so the key acts where and how it acts at inference;
 3. with gradients through the LoRA UNet: sample from the keyed state on the same levels with
    the same arithmetic (:class:`faceveil.train.trajectory.Trajectory`; straight-through
-   lattice rounding). ``unroll: shortcut`` (default) back-propagates through the first
-   K = ``objective.grad_steps`` UNet calls, the high-noise steps that decide identity, and
-   ends with the DDIM x0-prediction; ``unroll: full`` runs the whole trajectory with each
-   UNet call checkpointed and gives ``anonymize``'s clean latents to float tolerance;
+   lattice rounding). ``unroll: full`` (default) runs the whole trajectory with each UNet call
+   checkpointed and gives the clean latents ``anonymize`` gives with the same batching
+   (``batch_invariant=False``) bit for bit (``torch.equal``; against its default fixed-bucket
+   batching, within 1e-3);
+   ``unroll: shortcut`` back-propagates through the first K = ``objective.grad_steps`` UNet
+   calls, the high-noise steps that decide identity, and ends with the DDIM x0-prediction;
 4. decode with the frozen autoencoder and paste the original pixels back outside the mask.
 
 Losses (each weighted by the config and logged):

@@ -20,7 +20,8 @@ Two modes (``objective.unroll``):
   estimate of the clean latent. Cost and memory: K calls.
 - ``full``: every step of the trajectory with gradients, each UNet call checkpointed
   (``objective.checkpoint_steps``: only a step's input latent is kept; it is recomputed
-  in the backward pass). The clean latent equals ``anonymize``'s (to float tolerance).
+  in the backward pass). The clean latent equals ``anonymize``'s with the same batching
+  (``batch_invariant=False``) bit for bit (``torch.equal``).
 """
 
 from __future__ import annotations
