@@ -116,7 +116,8 @@ def test_wrong_key_refused_force_gives_other_face_and_stripped_needs_meta(tmp_pa
     Image.open(anon / "f.png").save(stripped / "f.png")
     capsys.readouterr()
     assert main(["recover", str(stripped), "-o", str(tmp_path / "r3"), "--key", str(keyfile), "--device", "cpu"]) == 1
-    assert "no faceveil metadata" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no faceveil record" in err and ".fvrec" in err
     main(["inspect", str(anon / "f.png")])
     meta = tmp_path / "meta.json"
     meta.write_text(capsys.readouterr().out)
@@ -181,6 +182,10 @@ def test_output_collisions_are_refused(tmp_path, face128, keyfile, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "is also the output of" in err
     assert sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*.png")) == ["a.png", "x/b.png"]
+    # Run again: the clash fails again (it must not hide behind "exists, skipped").
+    rc = main(["anonymize", str(src), "-o", str(tmp_path / "o"), "--key", str(keyfile), *AFAST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is also the output of" in err and "skipped" in err
 
 
 def test_invalid_steps_fail_in_one_line(tmp_path, face128, keyfile, capsys):

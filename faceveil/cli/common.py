@@ -220,9 +220,11 @@ def planned_outputs(inputs: list[str], outdir: Path, overwrite: bool, report: Re
         elif real in input_paths:
             report.fail(src, f"output {dst} would overwrite an input; choose another -o")
         elif real in taken:
+            # Checked before "exists": on a re-run the clash must fail again, not hide as a skip.
             report.fail(src, f"output {dst} is also the output of {taken[real]}; rename one of them")
         elif dst.exists() and not overwrite:
-            report.note(f"{dst}: exists, skipped (use --overwrite)")
+            taken[real] = src
+            report.note(f"{src}: output {dst} exists, skipped (use --overwrite)")
             report.skipped += 1
         else:
             taken[real] = src

@@ -94,7 +94,9 @@ class Loader:
                 raise FormatError(f"{src}: a photo with {len(vf.records)} faces; recover it as a photo")
             return veiled_from_file(vf)
         if args.meta is None or args.mask is None:
-            raise FormatError(f"{src}: no faceveil metadata (stripped or re-encoded?); give --meta and --mask to recover from pixels")
+            raise FormatError(f"{src}: no faceveil record: not a faceveil file, or its metadata was stripped or it was "
+                              "re-encoded; an image published with --record sidecar needs its NAME.fvrec beside it (or "
+                              "--record FILE); --meta and --mask recover only version 2 aligned crops")
         header = self._meta_for(src)
         if header.get("version") not in (1, 2):
             raise FormatError(f"{src}: --meta takes a version 1 or 2 header; a version 3 file's record is sealed, "
