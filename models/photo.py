@@ -40,7 +40,12 @@ from faceveil.models.pipeline import Anonymizer, Veiled
 
 
 def native_size(backbone: Backbone) -> int:
-    """The crop side the backbone was built for: UNet sample size times the autoencoder factor."""
+    """The crop side photos are anonymized at: the size an export's adapters were trained (and are
+    evaluated) at, from its manifest; else the size the backbone was built for, the UNet sample size
+    times the autoencoder factor."""
+    trained = ((backbone.extra or {}).get("export") or {}).get("image_size")
+    if isinstance(trained, int) and trained > 0 and trained % backbone.size_multiple == 0:
+        return trained
     sample = backbone.unet.config.sample_size
     sample = sample[0] if isinstance(sample, (tuple, list)) else sample
     return int(sample) * backbone.vae_factor

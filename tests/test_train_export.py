@@ -414,3 +414,11 @@ def test_evaluation_runs_an_export_at_its_recorded_size_and_settings(exported, t
     assert (v.adapter_name, v.adapter_hash) == (exported.name, file_sha256(exported / LORA_WEIGHTS))  # sealed, never a path
     assert m["methods"]["ours-adapters"]["recovery"]["file"]["exact"] == 1.0
     assert any("trained at 64 px" in n for n in m["notes"]) and any("recorded settings" in n for n in m["notes"])
+
+
+def test_photos_run_an_export_at_the_size_it_was_trained_at(exported):
+    from faceveil.models.photo import native_size
+
+    bb = load_backbone(str(exported))
+    assert bb.extra["export"]["image_size"] == 64 and native_size(bb) == 64  # trained at 64 px
+    assert native_size(load_backbone("tiny")) == 256  # the base: the size it was built for
