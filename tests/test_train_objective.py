@@ -142,6 +142,48 @@ def test_training_forward_gives_anonymizes_clean_latents(faces, lora_tiny):
         assert float((model.unroll(other["start"], other["cond"]) - real).abs().max()) > 0.1
 
 
+def test_losses_see_the_deployed_image_its_landmarks_and_recovers_start(faces, lora_tiny, monkeypatch):
+    """What the identity losses score is what anonymize publishes (decoded face pasted into the original,
+    judged with the face's landmarks), and the wrong-key start is recover's (the key's inverse)."""
+    bb, _ = lora_tiny
+    settings = Settings("exact", 6, "rotation")
+    cfg = ObjectiveSection(unroll="full", checkpoint_steps=True)
+    frozen = Frozen(bb, load_identity_encoder("tiny"))
+    model = VeilModel(bb.unet, frozen, cfg, settings)
+    images = np.ascontiguousarray(to_uint8(faces["image"]))
+    masks = (faces["mask"][:, 0] > 0.5).numpy()
+    batch = Batch.from_loader({**faces, "image": to_tensor(images)}, torch.device("cpu"))
+    assert batch.landmarks is not None
+    keys, nonces = draw_keys(len(images), 0, "deployed")
+    keys = [keys[0]] * len(images)  # one key, as anonymize takes it
+    obj = Objective(cfg, frozen, settings)
+    # Recovery with the right key passed as the "wrong" one must land on the unkeyed start exactly:
+    # the start is re-keyed with the key's inverse, as recover does (applying the key again would not).
+    inputs = obj.training_inputs(model, batch, keys, nonces, wrong_keys=keys)
+    with torch.no_grad():
+        eps = lambda z, t: model("eps", z=z, t=t, cond=inputs["cond"])  # noqa: E731
+        unkeyed = obj.scheme.invert(obj.scheme.lift(inputs["z0"], eps), eps)
+    assert torch.equal(inputs["wrong_start"], unkeyed) and not torch.equal(inputs["start"], unkeyed)
+    # The faces the losses embed, and the landmarks they are embedded with.
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    embed = frozen.identity.embed
+
+    def spy(images_, landmarks=None, **kw):  # noqa: ANN001, ANN202
+        seen.append((images_.detach().clone(), landmarks))
+        return embed(images_, landmarks, **kw)
+
+    monkeypatch.setattr(frozen.identity, "embed", spy)
+    model("losses", **inputs)
+    assert len(seen) == 2  # the anonymized face and the wrong-key face
+    assert all(lm is not None and torch.equal(lm, batch.landmarks) for _, lm in seen)
+    deployed = Anonymizer(bb, settings, batch_invariant=False).anonymize(list(images), list(masks), keys[0], nonces, allow_caller_nonces=True)
+    published = to_tensor(np.stack([v.image for v in deployed]))
+    outside = (batch.mask < 0.5).expand_as(published)
+    anon = seen[0][0]
+    assert torch.equal(anon[outside], batch.images[outside])  # the original pixels outside the mask, bit for bit
+    assert float((anon - published).abs().max()) <= 1.01 / 127.5  # inside: the published face, up to its 8-bit rounding
+
+
 @pytest.mark.parametrize("unroll", ["shortcut", "full"])
 def test_identity_loss_alone_gives_lora_gradients(faces, unroll):
     """Only the identity loss on, a fresh adapter (B = 0): every LoRA B matrix gets a non-zero gradient."""
