@@ -242,3 +242,18 @@ def test_two_processes_keep_lora_identical(tmp_path):
     lora = adapter(run_dir / "checkpoints" / "step-000003")
     assert max(float(v.abs().max()) for k, v in lora.items() if "lora_B" in k) > 0  # the adapter did train
     assert read_train_state(run_dir / "checkpoints" / "step-000003")["images"] == 3 * 2 * 2
+
+
+def test_a_recipe_set_up_but_never_trained_still_summarizes(tmp_path):
+    """Every piece of run state exists from the start (torchtune's rule): summary() needs no train()."""
+    from faceveil.train.recipe import FinetuneRecipe
+    from faceveil.train.runtime import reset_accelerate_state
+
+    recipe = FinetuneRecipe(config(tmp_path / "run", "train.max_steps=4"), tmp_path / "run", None)
+    try:
+        recipe.setup()
+        s = recipe.summary()
+        assert (s["step"], s["stopped_by"], s["checkpoint"], s["train"]) == (0, None, None, {})
+        recipe.cleanup()
+    finally:
+        reset_accelerate_state()

@@ -21,7 +21,6 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from faceveil.train import runtime as rt
@@ -86,11 +85,8 @@ class FinetuneRecipe(RecipeSetup):
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         cfg, acc, device = self.cfg, self.accelerator, self.device
-        self.stopped_by: str | None = None
-        self.last_ckpt: Path | None = None
-        self.first_digest: int | None = None
-        self._sums: dict[str, float] = {}
-        self._count = 0
+        self.stopped_by, self.last_ckpt, self.first_digest = None, None, None
+        self._sums, self._count = {}, 0
         stop = rt.StopFlag().install()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

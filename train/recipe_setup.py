@@ -32,6 +32,12 @@ class RecipeSetup:
         self.t_start = time.perf_counter()
         self.history: dict[str, dict[str, float]] = {}
         self.step_no, self.batches, self.images_seen = 0, 0, 0
+        # What train() fills in; here so that summary() works on a run that never trained.
+        self.stopped_by: str | None = None
+        self.last_ckpt: Path | None = None
+        self.first_digest: int | None = None
+        self._sums: dict[str, float] = {}
+        self._count = 0
 
     # ================================================================ setup
     def setup(self) -> None:
