@@ -113,18 +113,24 @@ def lora_tiny():
     return bb, params
 
 
-def test_training_forward_gives_anonymizes_clean_latents(faces, lora_tiny):
-    """One trajectory: with the shortcut off, the training forward pass (inversion and keying without
-    gradients, sampling with gradients) gives the clean latents that Anonymizer.anonymize stores, for
-    the same key, nonces and weights."""
-    bb, _ = lora_tiny
-    settings = Settings("exact", 8, "shuffle")
+def _full_unroll(bb, settings: Settings, faces):  # noqa: ANN001, ANN202
+    """The `full`-unroll model over the sample faces: (cfg, frozen, model, uint8 images, masks, batch)."""
     cfg = ObjectiveSection(unroll="full", checkpoint_steps=True)
     frozen = Frozen(bb, load_identity_encoder("tiny"))
     model = VeilModel(bb.unet, frozen, cfg, settings)
     images = np.ascontiguousarray(to_uint8(faces["image"]))
     masks = (faces["mask"][:, 0] > 0.5).numpy()
     batch = Batch.from_loader({**faces, "image": to_tensor(images)}, torch.device("cpu"))
+    return cfg, frozen, model, images, masks, batch
+
+
+def test_training_forward_gives_anonymizes_clean_latents(faces, lora_tiny):
+    """One trajectory: with the shortcut off, the training forward pass (inversion and keying without
+    gradients, sampling with gradients) gives the clean latents that Anonymizer.anonymize stores, for
+    the same key, nonces and weights."""
+    bb, _ = lora_tiny
+    settings = Settings("exact", 8, "shuffle")
+    cfg, frozen, model, images, masks, batch = _full_unroll(bb, settings, faces)
     keys, nonces = draw_keys(len(images), 0, "same")
     inputs = Objective(cfg, frozen, settings).training_inputs(model, batch, [keys[0]] * len(images), nonces)
     x0 = model.unroll(inputs["start"], inputs["cond"])
@@ -147,12 +153,7 @@ def test_losses_see_the_deployed_image_its_landmarks_and_recovers_start(faces, l
     judged with the face's landmarks), and the wrong-key start is recover's (the key's inverse)."""
     bb, _ = lora_tiny
     settings = Settings("exact", 6, "rotation")
-    cfg = ObjectiveSection(unroll="full", checkpoint_steps=True)
-    frozen = Frozen(bb, load_identity_encoder("tiny"))
-    model = VeilModel(bb.unet, frozen, cfg, settings)
-    images = np.ascontiguousarray(to_uint8(faces["image"]))
-    masks = (faces["mask"][:, 0] > 0.5).numpy()
-    batch = Batch.from_loader({**faces, "image": to_tensor(images)}, torch.device("cpu"))
+    cfg, frozen, model, images, masks, batch = _full_unroll(bb, settings, faces)
     assert batch.landmarks is not None
     keys, nonces = draw_keys(len(images), 0, "deployed")
     keys = [keys[0]] * len(images)  # one key, as anonymize takes it
