@@ -47,7 +47,7 @@ from typing import Any
 # file (``faceveil.fileformat.original``) never imports torch or the model code.
 _EXPORTS = {
     "MAX_PIXELS": "png", "read_chunks": "read", "read_file": "read", "read_header": "read", "verify_file": "read",
-    "DATA_CHUNK": "records", "FORMAT": "records", "HEADER_CHUNK": "records", "VERSION": "records", "FaceRecord": "records",
+    "DATA_CHUNK": "v3", "FORMAT": "records", "HEADER_CHUNK": "v3", "VERSION": "records", "FaceRecord": "records",
     "FileInfo": "records", "VeiledFile": "records", "canonical": "records", "header_authentic": "records",
     "pixels_sha256": "v3", "read_veiled": "veiled", "veiled_from_file": "veiled", "veiled_from_header": "veiled",
     "write_file": "write", "write_veiled": "write",

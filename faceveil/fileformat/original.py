@@ -98,13 +98,11 @@ def open_embedded(path: Path, key: SecretKey, force: bool = False):  # -> (Opene
 
 def open_layout(path: Path, layout, header: dict, key: SecretKey, force: bool):  # -> (Opened, np.ndarray, bool)
     """Authenticate and open a version 3 PNG whose layout and header are read, then decode its pixels."""
-    from faceveil.errors import TamperedError, escape
+    from faceveil.errors import TamperedError
     from faceveil.fileformat.png import decode_rgb
-    from faceveil.fileformat.v3 import DATA_CHUNK, HEADER_CHUNK, MAC_CHUNK, open_record, pixels_sha256
+    from faceveil.fileformat.v3 import DATA_CHUNK, HEADER_CHUNK, MAC_CHUNK, check_image_size, open_record, pixels_sha256
 
-    if header.get("image_size") != [layout.height, layout.width]:
-        raise FormatError(f"{path}: faceveil header is invalid: it describes a {escape(header.get('image_size'))} "
-                          f"image but the PNG is {layout.height}x{layout.width}")
+    check_image_size(path, header, layout.height, layout.width)
     opened = open_record(path, layout.chunks[HEADER_CHUNK], header, layout.chunks.get(MAC_CHUNK),
                          layout.chunks[DATA_CHUNK], key, force, layout.ihdr)
     image = decode_rgb(path, layout.height, layout.width)

@@ -13,11 +13,11 @@ import torch
 from faceveil.errors import FormatError, KeyMismatchError, TamperedError, escape
 from faceveil.fileformat.png import MAX_PIXELS, decode_rgb, plain_layout_problems, read_png_layout
 from faceveil.fileformat.records import (
-    CHUNKS, DATA_CHUNK, V1_MAX_PIXELS, FACE_PURPOSE, HEADER_CHUNK, MAX_FACES, PHOTO_PURPOSE,
+    V1_MAX_PIXELS, FACE_PURPOSE, MAX_FACES, PHOTO_PURPOSE,
     FaceRecord, FileInfo, VeiledFile, file_info, header_authentic, info_from_model,
 )  # fmt: skip
 from faceveil.fileformat.sealing import at_most, exactly, open_arrays
-from faceveil.fileformat.v3 import LIMITS, key_matches, parse_header, pixels_sha256
+from faceveil.fileformat.v3 import CHUNKS, DATA_CHUNK, HEADER_CHUNK, LIMITS, check_image_size, key_matches, parse_header, pixels_sha256
 from faceveil.fileformat.v3 import VERSION as V3
 from faceveil.fileformat.v1 import read_v1
 from faceveil.keys import NONCE_BYTES, SecretKey
@@ -201,9 +201,7 @@ def _read_v3(path: Path, layout, header: dict[str, Any], key: SecretKey | None, 
 
     vf = VeiledFile(path, header, None, None, [])
     if key is None:
-        if header.get("image_size") != [layout.height, layout.width]:
-            raise FormatError(f"{path}: faceveil header is invalid: it describes a {escape(header.get('image_size'))} "
-                              f"image but the PNG is {layout.height}x{layout.width}")
+        check_image_size(path, header, layout.height, layout.width)
         if pixels:
             vf.image = decode_rgb(path, layout.height, layout.width)
             vf.pixels_intact = pixels_sha256(vf.image) == header.get("pixels_sha256")

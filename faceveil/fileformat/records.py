@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from faceveil.fileformat.v1 import canonical as v1_canonical
-from faceveil.fileformat.v3 import CHUNKS, DATA_CHUNK, HEADER_CHUNK, MAC_CHUNK, SealedFace  # noqa: F401 (re-exported)
+from faceveil.fileformat.v3 import SealedFace
 from faceveil.keys import SecretKey, tags_equal
 from faceveil.models.pipeline import Veiled
 from faceveil.models.settings import Settings

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceveil.errors import FormatError, TamperedError
+from faceveil.errors import FormatError, TamperedError, escape
 from faceveil.fileformat.png import MAX_PIXELS, decode_rgb
 from faceveil.fileformat.v3 import (
-    MAX_HEADER_BYTES, MAX_ORIGINAL_FILE, Opened, header_mac, key_matches, open_record, parse_header,
+    MAX_HEADER_BYTES, MAX_ORIGINAL_FILE, Opened, header_mac, key_matches, open_record, parse_header, record_lengths,
 )  # fmt: skip
 from faceveil.keys import tags_equal
 
@@ -74,14 +74,6 @@ def _head(rec: Path, f) -> tuple[bytes, bytes, int]:
     return parts[0], parts[1], pos
 
 
-def _payload_length(rec: Path, header: dict) -> int:
-    parts = [*(header.get("faces") or []), header.get("file")]
-    lengths = [p.get("sealed_bytes") if isinstance(p, dict) else None for p in parts]
-    if not all(isinstance(n, int) and n >= 0 for n in lengths):
-        raise FormatError(f"{rec}: faceveil header is invalid: a record lacks its sealed length")
-    return sum(lengths)
-
-
 def file_sha256(path: Path) -> tuple[str, int]:
     h, n = hashlib.sha256(), 0
     with open(path, "rb") as f:
@@ -110,7 +102,10 @@ def read_sidecar(image_path: str | os.PathLike[str], key, record: str | os.PathL
             # The MAC first: a record that fails it costs its header, never its payload.
             if not force and key_matches(header, key) and not tags_equal(header_mac(key, header_bytes), mac):
                 raise TamperedError(f"{rec}: faceveil metadata was modified (authentication failed)")
-            n = _payload_length(rec, header)
+            try:
+                n = sum(length for _, length in record_lengths(header))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FormatError(f"{rec}: faceveil header is invalid: {escape(exc)}") from None
             if start + n != rec.stat().st_size:
                 raise FormatError(f"{rec}: the record's length does not match its header (truncated or padded)")
             f.seek(start)

@@ -236,13 +236,16 @@ def parse_header(path: Path, raw: bytes) -> dict[str, Any]:
     return header
 
 
-def _sizes(header: dict[str, Any], payload_len: int) -> list[tuple[bytes, int]]:
-    h, w = header.get("image_size") or (0, 0)
+def record_lengths(header: dict[str, Any]) -> list[tuple[bytes, int]]:
+    """(nonce, sealed length) of each record the header names, faces then the file record, each
+    checked against what a record for an image of the header's size can need: a reader knows how
+    much to read, at most, before it reads the payload."""
+    h, w = _image_size(header)
     faces = header.get("faces")
     if not isinstance(faces, list) or not 1 <= len(faces) <= MAX_FACES:
         raise ValueError(f"faces must list 1 to {MAX_FACES} records")
     parts = [*faces, header.get("file")]
-    out, total = [], 0
+    out = []
     face_cap = 4 * h * w + (1 << 16)
     for i, part in enumerate(parts):
         if not isinstance(part, dict) or not isinstance(part.get("sealed_bytes"), int) or part["sealed_bytes"] < 16:
@@ -254,9 +257,6 @@ def _sizes(header: dict[str, Any], payload_len: int) -> list[tuple[bytes, int]]:
         if len(nonce) != NONCE_BYTES:
             raise ValueError("a record's nonce is not 16 bytes")
         out.append((nonce, part["sealed_bytes"]))
-        total += part["sealed_bytes"]
-    if total != payload_len:
-        raise ValueError(f"records add up to {total} bytes, the payload has {payload_len}")
     return out
 
 
@@ -268,6 +268,13 @@ def _image_size(header: dict[str, Any]) -> tuple[int, int]:
             or size[0] * size[1] > MAX_PIXELS:
         raise ValueError(f"image_size must be two positive integers with at most {MAX_PIXELS} pixels")
     return size[0], size[1]
+
+
+def check_image_size(path: Path, header: dict[str, Any], height: int, width: int) -> None:
+    """The header must describe the image it travels with."""
+    if header.get("image_size") != [height, width]:
+        raise FormatError(f"{path}: faceveil header is invalid: it describes a {escape(header.get('image_size'))} "
+                          f"image but the PNG is {height}x{width}")
 
 
 def key_matches(header: dict[str, Any], key: SecretKey) -> bool:
@@ -289,7 +296,9 @@ def open_record(path: Path, header_bytes: bytes, header: dict[str, Any], mac: by
     not open fails always (force cannot break encryption)."""
     try:
         h, w = _image_size(header)
-        parts = _sizes(header, len(payload))
+        parts = record_lengths(header)
+        if sum(n for _, n in parts) != len(payload):
+            raise ValueError(f"records add up to {sum(n for _, n in parts)} bytes, the payload has {len(payload)}")
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: faceveil header is invalid: {escape(exc)}") from None
     if not key_matches(header, key):

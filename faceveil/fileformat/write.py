@@ -21,12 +21,12 @@ from faceveil import __version__
 from faceveil.data.images import atomic_write
 from faceveil.errors import InputError
 from faceveil.fileformat.records import (
-    DATA_CHUNK, FACE_PURPOSE, FORMAT, HEADER_CHUNK, MAC_CHUNK, MAX_FACES, PHOTO_PURPOSE, FaceRecord, FileInfo, canonical,
+    FACE_PURPOSE, FORMAT, MAX_FACES, PHOTO_PURPOSE, FaceRecord, FileInfo, canonical,
     model_description,
 )  # fmt: skip
 from faceveil.fileformat.sealing import seal_arrays
 from faceveil.fileformat.sidecar import encode_image, pack, sidecar_path
-from faceveil.fileformat.v3 import SealedFace, full_region, header_mac, ihdr_body, pixels_sha256, seal
+from faceveil.fileformat.v3 import DATA_CHUNK, HEADER_CHUNK, MAC_CHUNK, SealedFace, full_region, header_mac, ihdr_body, pixels_sha256, seal
 from faceveil.keys import NONCE_BYTES, SecretKey, new_nonce
 from faceveil.models.inversion import LATTICE
 from faceveil.models.pipeline import Veiled
