@@ -446,3 +446,17 @@ def test_the_input_file_written_back_never_replaces_another_output(tmp_path, cap
     from faceveil.data.images import load_image
 
     assert np.array_equal(load_image(tmp_path / "out" / "th.original.png"), o2)  # not clobbered
+
+
+@pytest.mark.parametrize("record", ["embedded", "sidecar"])
+def test_intact_pixels_that_do_not_restore_the_original_are_an_error(tmp_path, monkeypatch, record):
+    """A writer bug (a changed pixel outside every region) must surface at recovery, never a quiet result."""
+    import faceveil.fileformat.v3 as v3
+
+    key = SecretKey.generate()
+    original, image, faces = _faces_photo()
+    image[0, 0] ^= 1  # changed outside every region
+    monkeypatch.setattr(v3, "check_regions", lambda *a: None)  # the writer's own check, bypassed
+    path = write_v3(tmp_path / "pub" / "a.png", image, original, faces, MODEL, key, record=record)
+    with pytest.raises(FormatError, match="does not match the sealed digest"):
+        open_original(path, key)

@@ -22,14 +22,16 @@ def verify_one(src: Path, key) -> str:
     from faceveil.errors import FormatError
     from faceveil.fileformat.original import file_version, has_sidecar, open_original
 
-    if has_sidecar(src) or file_version(src) == 3:
+    sidecar = has_sidecar(src)
+    version = 3 if sidecar else file_version(src)
+    if version == 3:
         o = open_original(src, key)
         faces = f"{o.faces} face{'s' if o.faces != 1 else ''}"
-        if has_sidecar(src):
+        if sidecar:
             tail = "faces exact, the rest as published (lossy image)" if o.lossy else "restores the original bit for bit"
             return f"ok ({faces}, version 3 with a sidecar record; {tail})"
         return f"ok ({faces}, version 3; restores the original bit for bit)"
-    if file_version(src) is None:
+    if version is None:
         raise FormatError(f"{src}: cannot be authenticated: it carries no faceveil record (stripped or re-encoded?)")
     from faceveil.fileformat import verify_file
 

@@ -57,14 +57,13 @@ def open_original(path: str | os.PathLike[str], key: SecretKey, force: bool = Fa
     Raises :class:`~faceveil.errors.KeyMismatchError` for a wrong key, :class:`~faceveil.errors.TamperedError`
     when anything fails authentication (unless ``force``), :class:`FormatError` otherwise."""
     from faceveil.fileformat.sidecar import read_sidecar
-    from faceveil.fileformat.v3 import is_original, restore
 
     path = Path(path)
     if record is not None or has_sidecar(path):
         opened, pixels, intact = read_sidecar(path, key, record, force)
-        image = restore(pixels, opened.faces)
         fmt = str(opened.header["image_file"].get("format", "")).lower()
-        exact = is_original(opened, key, image)
+        # The very PNG it was made for must restore the original; a lossy image only its faces.
+        image, exact = restore_checked(path, opened, pixels, intact and fmt not in LOSSY, key)
         # Lossy only speaks for a record that authenticated in full: under --force a forged one could
         # point at any image.
         lossy = intact and not opened.bypassed and fmt in LOSSY and not exact
@@ -117,7 +116,8 @@ def open_layout(path: Path, layout, header: dict, key: SecretKey, force: bool): 
 
 def restore_checked(path: Path, opened, image: np.ndarray, intact: bool, key: SecretKey) -> tuple[np.ndarray, bool]:
     """(the published pixels with the sealed originals put back, whether that is the original exactly).
-    Intact pixels that do not restore the original are an error, never a quiet result."""
+    ``intact``: the pixels are the very ones anonymized, so anything but the original is an error,
+    never a quiet result."""
     from faceveil.fileformat.v3 import is_original, restore
 
     original = restore(image, opened.faces)
