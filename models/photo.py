@@ -217,7 +217,8 @@ class PhotoAnonymizer:
         self.anonymizer = anonymizer
         self.batch_size = max(1, int(batch_size))
         self.size = native_size(anonymizer.backbone) if anonymizer is not None else 0
-        self.notes: list[str] = []  # what the last anonymize could not do as asked (faces too small for a mark)
+        # (photo index, note) of the last anonymize: what it could not do as asked (faces too small for a mark)
+        self.notes: list[tuple[int, str]] = []
 
     def _crops(self, items: list[tuple[np.ndarray, list[PhotoFace]]]) -> list[_Job]:
         jobs = []
@@ -253,11 +254,12 @@ class PhotoAnonymizer:
             for (j, k), v in zip(chunk, veiled):
                 jobs[j].faces[k].veiled = v
         out = []
-        for job in jobs:
+        self.notes = []
+        for n, job in enumerate(jobs):
             image = job.photo.copy()
             for f, r in zip(job.faces, job.regions):
                 paste_face(image, f.veiled.image, f.matrix, r)
-            self.notes.extend(embed_marks(image, job.faces, key))
+            self.notes += [(n, note) for note in embed_marks(image, job.faces, key)]
             # What recovery rebuilds from the recovered crops, then closed to the photo by the residual.
             rebuilt = job.context
             for f, crop, r in zip(job.faces, job.crops, job.regions):
