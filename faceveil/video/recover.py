@@ -52,12 +52,15 @@ def recover_video(src: Path, dst: Path, key: SecretKey, record: Path | None = No
     Raises TamperedError for a record or video that was altered, KeyMismatchError for another key,
     FormatError for a copy without a record."""
     record = record or record_path(src)
-    if not record.is_file():
-        if pixel_recoverer() is None:
-            raise FormatError(f"{escape(src)}: no faceveil record ({escape(record.name)}) for this video, and recovery from "
-                              "the pixels alone is not available in this version; keep the .mkv with its .fvvid to recover it")
-        raise FormatError(f"{escape(src)}: recovery from the pixels alone is not wired for videos yet")
     info = probe(src)
+    lossy = not info.pix_fmt.startswith(("bgr", "rgb", "gbr"))  # the --publish MP4, or any re-encoded copy
+    if lossy or not record.is_file():
+        what = f"a lossy copy ({info.codec} {info.pix_fmt}): the record seals the lossless .mkv's pixels, not these" if lossy \
+            else f"no faceveil record ({escape(record.name)}) for this video"
+        if pixel_recoverer() is None:
+            raise FormatError(f"{escape(src)}: {what}; recovery from the pixels alone is not available in this version: "
+                              "recover the .mkv with its .fvvid")
+        raise FormatError(f"{escape(src)}: {what}; recovery from the pixels alone is not wired for videos yet")
     rec = read_record(record, key, video=src)  # MAC, payload hash and the video's hash before any decoding
     if tuple(rec.hw) != (info.height, info.width):
         raise FormatError(f"{escape(src)}: the record describes {rec.hw[1]}x{rec.hw[0]} frames, the video has {info.width}x{info.height}")
