@@ -38,15 +38,27 @@ def clip_frames(frames: int, width: int = 192, height: int = 144, face: int = 72
         f[..., 0] = (40 + xx * 80 // width).astype(np.uint8)
         f[..., 1] = (90 + yy * 60 // height).astype(np.uint8)
         f[..., 2] = 110
-        t = i / max(frames - 1, 1)
-        x = int(4 + t * (width // 2 - face))
-        y = (height - face) // 2 + int(6 * np.sin(2 * np.pi * t))
+        boxes = clip_boxes(i, frames, width, height, face)
+        x, y = boxes[0][:2]
         f[y : y + face, x : x + face] = a
-        if frames // 3 <= i < 2 * frames // 3:  # enters from the right edge, then goes back out
-            u = (i - frames // 3) / max(frames // 3 - 1, 1)
-            xb = width - int(face * 1.6 * np.sin(np.pi * u))
-            f[8 : 8 + face, xb : min(xb + face, width)] = b[:, : max(0, min(face, width - xb))]
+        if len(boxes) > 1:
+            xb, yb = boxes[1][:2]
+            f[yb : yb + face, xb : min(xb + face, width)] = b[:, : max(0, min(face, width - xb))]
         out.append(f)
+    return out
+
+
+def clip_boxes(i: int, frames: int, width: int = 192, height: int = 144, face: int = 72) -> list[tuple[int, int, int, int]]:
+    """Where :func:`clip_frames` put its faces in frame ``i``: (x0, y0, x1, y1), cut to the frame."""
+    t = i / max(frames - 1, 1)
+    x = int(4 + t * (width // 2 - face))
+    y = (height - face) // 2 + int(6 * np.sin(2 * np.pi * t))
+    out = [(x, y, x + face, y + face)]
+    if frames // 3 <= i < 2 * frames // 3:  # enters from the right edge, then goes back out
+        u = (i - frames // 3) / max(frames // 3 - 1, 1)
+        xb = width - int(face * 1.6 * np.sin(np.pi * u))
+        if xb < width:
+            out.append((xb, 8, min(xb + face, width), 8 + face))
     return out
 
 
