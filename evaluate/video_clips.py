@@ -30,6 +30,7 @@ def _face(name: str, side: int) -> np.ndarray:
 def clip_frames(frames: int, width: int = 192, height: int = 144, face: int = 72) -> list[np.ndarray]:
     """Frames with a face gliding left to right, and a second one entering from the right in the
     middle third and leaving again (cut by the border on the way)."""
+    face = fitting_face(width, height, face)
     a, b = _face("grace_hopper", face), _face("astronaut", face)
     yy, xx = np.mgrid[0:height, 0:width]
     out = []
@@ -48,8 +49,14 @@ def clip_frames(frames: int, width: int = 192, height: int = 144, face: int = 72
     return out
 
 
+def fitting_face(width: int, height: int, face: int) -> int:
+    """The face side that a frame of this size can show gliding across it."""
+    return max(8, min(face, width // 2 - 4, height - 16))
+
+
 def clip_boxes(i: int, frames: int, width: int = 192, height: int = 144, face: int = 72) -> list[tuple[int, int, int, int]]:
     """Where :func:`clip_frames` put its faces in frame ``i``: (x0, y0, x1, y1), cut to the frame."""
+    face = fitting_face(width, height, face)
     t = i / max(frames - 1, 1)
     x = int(4 + t * (width // 2 - face))
     y = (height - face) // 2 + int(6 * np.sin(2 * np.pi * t))

@@ -108,7 +108,8 @@ def encode_crops(crops: Sequence[np.ndarray]) -> bytes:
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="matroska") as c:
+    # A raw H.264 stream, not a container: a container adds random ids, and resume must give the same bytes.
+    with av.open(buf, "w", format="h264") as c:
         s = c.add_stream("libx264rgb", rate=25)
         h, w = crops[0].shape[:2]
         s.width, s.height, s.pix_fmt = w, h, "bgr0"
@@ -127,7 +128,7 @@ def decode_crops(data: bytes, count: int, size: tuple[int, int]) -> list[np.ndar
     w, h = size
     out = []
     try:
-        with av.open(io.BytesIO(data)) as c:
+        with av.open(io.BytesIO(data), format="h264") as c:
             for f in c.decode(video=0):
                 if len(out) == count or (f.width, f.height) != (w, h):
                     raise FormatError("a track's sealed regions do not match their description")
