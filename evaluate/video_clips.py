@@ -61,11 +61,10 @@ def clip_boxes(i: int, frames: int, width: int = 192, height: int = 144, face: i
     x = int(4 + t * (width // 2 - face))
     y = (height - face) // 2 + int(6 * np.sin(2 * np.pi * t))
     out = [(x, y, x + face, y + face)]
-    if frames // 3 <= i < 2 * frames // 3:  # enters from the right edge, then goes back out
-        u = (i - frames // 3) / max(frames // 3 - 1, 1)
-        xb = width - int(face * 1.6 * np.sin(np.pi * u))
-        if xb < width:
-            out.append((xb, 8, min(xb + face, width), 8 + face))
+    if frames // 3 <= i <= 2 * frames // 3:  # enters at the right edge, comes in whole, then goes back out
+        u = (i - frames // 3) / max(frames // 3, 1)
+        xb = width - face // 3 - int((face - 8) * np.sin(np.pi * u))
+        out.append((xb, 8, min(xb + face, width), 8 + face))
     return out
 
 
