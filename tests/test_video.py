@@ -287,3 +287,72 @@ def test_memory_stays_bounded_over_minutes_of_video(tmp_path):
         assert len(frames_of(d / "out.mkv")) == frames
     # 22x the frames, nearly the same peak: only a segment is ever in memory.
     assert peaks[1440] < 1.5 * peaks[64] + (1 << 20), peaks
+
+
+def _face_at(x: float, y: float, side: float = 40.0):
+    from faceveil.data.faces import Face
+
+    pts = np.array([[x + 0.3 * side, y + 0.4 * side], [x + 0.7 * side, y + 0.4 * side], [x + 0.5 * side, y + 0.6 * side],
+                    [x + 0.35 * side, y + 0.8 * side], [x + 0.65 * side, y + 0.8 * side]])
+    return Face(np.array([x, y, x + side, y + side]), 0.9, pts, pts, "five")
+
+
+def test_a_missed_detection_is_bridged_from_its_track_and_a_lost_face_is_not_carried_forever():
+    from faceveil.video.tracks import FaceTracker, TrackStats
+
+    tracker, stats = FaceTracker(fps=10, bridge=2), TrackStats()
+    seen = []
+    for i in range(10):
+        x = 10 + 3 * i
+        found = [] if i in (4, 5) or i >= 7 else [_face_at(x, 20)]  # missed twice, then gone
+        tracked = tracker.step(found, (120, 160))
+        stats.add(tracked)
+        seen.append(tracked)
+    # Frames 4 and 5: no detection, yet the face is there, carried from its track and moving on.
+    for i in (4, 5):
+        assert len(seen[i]) == 1 and seen[i][0].bridged and seen[i][0].track == 0
+        assert abs(seen[i][0].face.bbox[0] - (10 + 3 * i)) < 6
+        assert seen[i][0].face.landmarks5.shape == (5, 2)
+    assert [len(s) for s in seen[7:]] == [1, 1, 0]  # bridged twice more, then the track ends
+    assert stats.frames == {0: 9} and stats.bridged == {0: 4}
+
+
+def test_a_bridged_face_in_a_clip_is_still_replaced(tmp_path):
+    """The detector misses the face in frame 2: the frame is covered all the same."""
+    from faceveil.data.photo_detect import FacePolicy
+    from faceveil.models.photo_api import PhotoFinder
+    from faceveil.video.anonymize import VideoAnonymizer
+
+    images = []
+    for i in range(5):
+        f = np.full((64, 96, 3), 60, np.uint8)
+        f[10:50, 10 + 3 * i : 50 + 3 * i] = np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        images.append(f)
+    make_clip(tmp_path / "c.mkv", LOSSLESS, images=images, audio=False)
+
+    class Flaky:
+        name = "flaky"
+        calls = 0
+
+        def detect(self, image, source=None):
+            if image.shape[:2] != (64, 96):
+                return []  # the coarser pyramid levels
+            Flaky.calls += 1
+            return [] if Flaky.calls == 3 else [_face_at(10 + 3 * (Flaky.calls - 1), 10)]
+
+    finder = PhotoFinder(0, Flaky(), FacePolicy(method="pixelate"), tile=128)
+    report = VideoAnonymizer(finder, None).run(tmp_path / "c.mkv", tmp_path / "o.mkv", SecretKey.generate())
+    assert report.stats.bridged == {0: 1}
+    for a, b in zip(images, frames_of(tmp_path / "o.mkv")):
+        assert np.abs(a[20:40, 25:45].astype(int) - b[20:40, 25:45].astype(int)).mean() > 10
+
+
+def test_a_second_track_on_a_detected_face_is_not_drawn_twice():
+    from faceveil.video.tracks import FaceTracker
+
+    tracker = FaceTracker(fps=10, bridge=3)
+    tracker.step([_face_at(100, 40)], (200, 300))
+    # The camera zooms in: the new box overlaps the old too little for motpy to match, so it
+    # starts a new track; the old one, predicted inside the new box, is not drawn on top of it.
+    tracked = tracker.step([_face_at(50, 0, side=140)], (200, 300))
+    assert len(tracked) == 1 and not tracked[0].bridged and tracked[0].track == 1
