@@ -356,3 +356,35 @@ def test_a_second_track_on_a_detected_face_is_not_drawn_twice():
     # starts a new track; the old one, predicted inside the new box, is not drawn on top of it.
     tracked = tracker.step([_face_at(50, 0, side=140)], (200, 300))
     assert len(tracked) == 1 and not tracked[0].bridged and tracked[0].track == 1
+
+
+def test_tags_and_data_of_the_input_never_reach_the_outputs(tmp_path, capsys):
+    """A phone's location and owner tags stay behind; only the sound is copied."""
+    make_clip(tmp_path / "plain.mp4", PHONE, frames=3)
+    with av.open(str(tmp_path / "plain.mp4")) as i, av.open(str(tmp_path / "tagged.mp4"), "w", format="mp4") as o:
+        o.metadata["location"] = "+48.8584+002.2945/"
+        outs = {}
+        for s in i.streams:
+            outs[s.index] = o.add_stream_from_template(s)
+            outs[s.index].metadata["handler_name"] = "Jane Doe's phone"
+        for p in i.demux():
+            if p.dts is not None:
+                p.stream = outs[p.stream.index]
+                o.mux(p)
+    key_path = tmp_path / "k.key"
+    save_key(SecretKey.generate(), key_path)
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path / "tagged.mp4"), "-o", str(out), "--key", str(key_path), "--method", "blur", "--publish"]) == 0
+    for f in (out / "tagged.mkv", out / "tagged.mp4", out / "tagged.fvvid"):
+        data = f.read_bytes()
+        assert b"48.8584" not in data and b"Jane Doe" not in data, f
+    with av.open(str(out / "tagged.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+
+
+def test_a_frame_larger_than_allowed_is_refused_before_any_work(tmp_path):
+    from faceveil.errors import InputError
+
+    make_clip(tmp_path / "c.mkv", LOSSLESS, frames=2, audio=False)
+    with pytest.raises(InputError, match=r"c\.mkv: 192x144 is larger than the 1000 pixels"):
+        probe(tmp_path / "c.mkv", max_pixels=1000)

@@ -249,8 +249,8 @@ class VideoAnonymizer:
             else:
                 self._finish_segment(n_seg, items, key, salt, part, info)
             segments.append({"first": items[0].index, "frames": len(items)})
-            if on_frames:
-                on_frames(len(items))
+            if on_frames and len(items) == seg_len:
+                on_frames(1)
             items.clear()
             n_seg += 1
 
@@ -265,6 +265,8 @@ class VideoAnonymizer:
                 report.faces_left += f.treatment == LEFT
             items.append(_Item(frame.index, frame.pts, frame.rgb, tracked, planned))
             report.frames += 1
+            if on_frames and len(items) < seg_len:
+                on_frames(1)  # a segment's last frame counts once the segment is written
             if len(items) >= seg_len:
                 flush()
         flush()

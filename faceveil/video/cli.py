@@ -68,14 +68,40 @@ def planned_videos(videos: list[tuple[Path, Path | None]], outdir: Path, overwri
             yield src, dst
 
 
+class FrameLog:
+    """In a log (stderr not a terminal): ``faceveil DESC: N/TOTAL frames, F fps, ETA S s`` every few seconds."""
+
+    every = 5.0
+
+    def __init__(self, total: int, desc: str) -> None:
+        import time
+
+        self.total, self.desc, self.n = total, desc, 0
+        self.started = self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        import sys
+        import time
+
+        self.n += n
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        fps = self.n / max(now - self.started, 1e-9)
+        eta = f", ETA {(self.total - self.n) / fps:.0f} s" if self.total and fps > 0 else ""
+        print(f"faceveil {self.desc}: {self.n}/{self.total or '?'} frames, {fps:.2f} fps{eta}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def frame_progress(total: int, desc: str):
     """A bar in frames, with frames per second and the time left (a plain line every few seconds in a log)."""
     import sys
 
-    from faceveil.cli.progress import LogProgress
-
     if not sys.stderr.isatty():
-        return LogProgress(total, desc)
+        return FrameLog(total, desc)
     from tqdm.auto import tqdm
 
     return tqdm(total=total or None, desc=desc, unit="frame")

@@ -65,7 +65,7 @@ def recover_video(src: Path, dst: Path, key: SecretKey, record: Path | None = No
     if tuple(rec.hw) != (info.height, info.width):
         raise FormatError(f"{escape(src)}: the record describes {rec.hw[1]}x{rec.hw[0]} frames, the video has {info.width}x{info.height}")
     part = dst.parent / f".{dst.name}.part"
-    part.mkdir(parents=True, exist_ok=True)
+    part.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds original frames while they are written
     try:
         return _recover(src, dst, key, rec, info, part, on_frames)
     except BaseException:
