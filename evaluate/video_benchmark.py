@@ -106,6 +106,36 @@ def _length_leak(root: Path, key, args) -> dict:
     return out
 
 
+def flicker(args, frames: int = 6) -> dict:
+    """Frame-to-frame change of one moving face's replacement, in its aligned crop (inside the
+    mask): one nonce for the track against a fresh nonce per frame, beside the original's own."""
+    from faceveil.data.photo_align import context_photo, face_crop
+    from faceveil.data.photo_detect import detect_in_photo
+    from faceveil.evaluate.video_clips import clip_frames
+    from faceveil.keys import SecretKey, new_nonce
+    from faceveil.models.photo import plan_faces
+
+    va = _anonymizer(args, "diffusion")
+    key = SecretKey.generate()
+    crops, masks = [], []
+    for f in clip_frames(frames, args.width, args.height, max(24, min(args.width, args.height) // 2))[:frames]:
+        found = sorted(detect_in_photo(f, va.finder.detector, va.finder.tile), key=lambda x: x.bbox[0])[:1]
+        [pf] = plan_faces(f, found, va.finder.size, va.finder.policy)
+        r = pf.region(f.shape[:2])
+        crops.append(face_crop(f, context_photo(f, [r]), pf.matrix, pf.mask))
+        masks.append(pf.mask)
+    one = new_nonce()
+    same = va.anonymizer.anonymize(crops, masks, key, nonces=[one] * frames, allow_caller_nonces=True, allow_nonce_reuse=True)
+    fresh = va.anonymizer.anonymize(crops, masks, key)
+
+    def step(images) -> float:
+        d = [np.abs(a.astype(float) - b.astype(float))[m & n].mean() for a, b, m, n in zip(images, images[1:], masks, masks[1:])]
+        return round(float(np.mean(d)), 2)
+
+    return {"original": step(crops), "one nonce per track": step([v.image for v in same]),
+            "a nonce per frame": step([v.image for v in fresh]), "unit": "mean abs change per step, 0-255, inside the mask"}
+
+
 def _header_text(path: Path) -> bytes:
     import struct
 
@@ -145,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         result["deface"]["fps"] = round(args.frames / result["deface"]["seconds"], 3)
     result["record_vs_frame_by_frame"] = _frame_by_frame(root / "diffusion.fvvid", root / "diffusion.mkv", key)
     result["record_length_by_content"] = _length_leak(root, key, args)
+    result["flicker"] = flicker(args)
     print(json.dumps(result, indent=2))
     if args.keep is None:
         shutil.rmtree(root)
