@@ -5,7 +5,12 @@ treatment (:func:`~faceveil.models.photo.plan_faces`). Per segment of ``segment`
 covers go on, the diffusion crops of all the segment's frames share the fixed-bucket batches
 of :class:`~faceveil.models.pipeline.Anonymizer`, the frames are encoded losslessly, and the
 original pixels of each track's rectangles are sealed (:mod:`faceveil.video.record`). Only a
-segment's frames are in memory, whatever the video's length.
+segment's frames (and the ``bridge`` frames after it) are in memory, whatever the video's length.
+
+A segment is written only once the ``bridge`` frames after it are detected, so that a track
+that starts there reaches back: its first box is covered in the frames just before it
+(:meth:`VideoAnonymizer._backfill`), where a face entering at the border or turning towards
+the camera already showed part of itself.
 
 One nonce per track: every frame of a track is anonymized with the same nonce, so the same
 keyed transform maps its (nearby) inverted noises to nearby noises, and the replacement face
@@ -50,7 +55,7 @@ from faceveil.video.record import (
     write_record,
 )
 from faceveil.video.streams import DEFAULT_CODEC, MAX_PIXELS, FrameEncoder, encode_publish, iter_frames, mux_final, probe
-from faceveil.video.tracks import DEFAULT_BRIDGE, FaceTracker, TrackedFace, TrackStats
+from faceveil.video.tracks import DEFAULT_BRIDGE, FaceTracker, TrackedFace, TrackStats, covered_by
 
 DEFAULT_SEGMENT = 16  # frames in memory at once, and the unit of resume
 
@@ -118,6 +123,27 @@ class VideoAnonymizer:
         tracked = tracker.step(found, rgb.shape[:2])
         planned = plan_faces(rgb, [t.face for t in tracked], self.finder.size, self.finder.policy) if tracked else []
         return tracked, planned
+
+    def _backfill(self, items: list[_Item], tf: TrackedFace) -> None:
+        """A new track's first box, covered in the frames before it (up to ``bridge``): a face that
+        enters at the border, or turns towards the camera, shows part of itself before the
+        detector takes it. A cover, not the diffusion: the face there is cut or turned away."""
+        from faceveil.data.photo_cover import COVERS
+
+        policy = self.finder.policy
+        cover = policy.method if policy.method in COVERS else policy.cover
+        box = np.asarray(tf.face.bbox, dtype=np.float64)
+        for it in reversed(items[-1 - self.options.bridge : -1]):
+            if any(t.track == tf.track for t in it.tracked):
+                break
+            if any(covered_by(box, np.asarray(f.bbox, dtype=np.float64)) for f in it.planned if f.bbox is not None):
+                continue  # another track holds this face there
+            pf = PhotoFace(index=len(it.planned), matrix=None, mask=None, bbox=box, score=tf.face.score,
+                           treatment=cover, why="before its track's first detection")
+            if pf.region(it.original.shape[:2]) is None:
+                continue
+            it.tracked.append(TrackedFace(tf.track, tf.face, True))
+            it.planned.append(pf)
 
     # ------------------------------------------------------------ per segment
     def _anonymize_frames(self, items: list[_Item], key: SecretKey, salt: bytes) -> list[np.ndarray]:
@@ -236,22 +262,27 @@ class VideoAnonymizer:
         part, salt, resumed = self._part(src, dst, key)
         tracker = FaceTracker(info.rate, self.options.bridge)
         seg_len = max(1, int(self.options.segment))
-        items: list[_Item] = []
+        items: list[_Item] = []  # the segment being filled, then up to ``bridge`` frames beyond it
         n_seg = 0
         segments = []
+        seen: set[int] = set()
 
         def flush() -> None:
             nonlocal n_seg
-            if not items:
-                return
+            done = items[:seg_len]
+            for it in done:
+                report.stats.add(it.tracked)
+                for f in it.planned:
+                    report.treatments[f.treatment] = report.treatments.get(f.treatment, 0) + 1
+                    report.faces_left += f.treatment == LEFT
             if (part / f"seg{n_seg:06d}.rec").is_file():
                 report.resumed_segments += 1
             else:
-                self._finish_segment(n_seg, items, key, salt, part, info)
-            segments.append({"first": items[0].index, "frames": len(items)})
-            if on_frames and len(items) == seg_len:
-                on_frames(1)
-            items.clear()
+                self._finish_segment(n_seg, done, key, salt, part, info)
+            segments.append({"first": done[0].index, "frames": len(done)})
+            if on_frames:
+                on_frames(len(done))
+            del items[:seg_len]
             n_seg += 1
 
         for frame in iter_frames(src):
@@ -259,17 +290,18 @@ class VideoAnonymizer:
                 raise InputError(f"{escape(src)}: frame {frame.index} is {frame.rgb.shape[1]}x{frame.rgb.shape[0]}, "
                                  f"not {info.width}x{info.height}: a size change mid-stream is not supported")
             tracked, planned = self._detect(frame.rgb, tracker)
-            report.stats.add(tracked)
-            for f in planned:
-                report.treatments[f.treatment] = report.treatments.get(f.treatment, 0) + 1
-                report.faces_left += f.treatment == LEFT
             items.append(_Item(frame.index, frame.pts, frame.rgb, tracked, planned))
             report.frames += 1
-            if on_frames and len(items) < seg_len:
-                on_frames(1)  # a segment's last frame counts once the segment is written
-            if len(items) >= seg_len:
+            for tf in tracked:
+                if tf.track not in seen:
+                    seen.add(tf.track)
+                    self._backfill(items, tf)
+            # A segment is written once the frames after it are detected: a track that starts there
+            # can still cover its face in the segment's last frames.
+            if len(items) >= seg_len + self.options.bridge:
                 flush()
-        flush()
+        while items:
+            flush()
         if report.frames == 0:
             raise InputError(f"{escape(src)}: no frame decodes")
         self._assemble(src, dst, key, salt, part, info, n_seg, segments, report)

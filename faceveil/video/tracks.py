@@ -63,7 +63,7 @@ def _moved(face: Face, box: np.ndarray) -> Face:
     return replace(face, bbox=np.asarray(box, dtype=np.float64), landmarks5=move(face.landmarks5), landmarks=move(face.landmarks))
 
 
-def _covered_by(box: np.ndarray, other: np.ndarray, share: float = 0.5) -> bool:
+def covered_by(box: np.ndarray, other: np.ndarray, share: float = 0.5) -> bool:
     """Whether ``other`` covers at least ``share`` of ``box`` (both x0, y0, x1, y1)."""
     iw = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
     ih = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
@@ -121,7 +121,7 @@ class FaceTracker:
             box = np.asarray(t.box(), dtype=np.float64)
             if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
                 continue  # predicted out of the frame: the face has left
-            if any(_covered_by(box, np.asarray(f.bbox, dtype=np.float64)) for f in faces):
+            if any(covered_by(box, np.asarray(f.bbox, dtype=np.float64)) for f in faces):
                 continue  # a detection already holds this face (the tracker started a second track on it)
             out.append(TrackedFace(self._number(t.id), _moved(self.last_face[t.id], box), True))
         alive = {t.id for t in self.mot.trackers}
