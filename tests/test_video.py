@@ -421,3 +421,20 @@ def test_a_face_is_covered_in_the_frames_before_its_first_detection(tmp_path):
     changed = [bool(np.abs(a[20:40, 20:40].astype(int) - b[20:40, 20:40].astype(int)).mean() > 10) for a, b in zip(images, out)]
     assert changed == [False, True, True, True, True, True]  # frames 1 and 2 reached back across a segment boundary
     assert report.stats.bridged == {0: 2} and report.treatments == {"pixelate": 5}  # a covers-only run covers with its method
+
+
+def test_a_folder_mixing_photos_and_videos_takes_both_and_outputs_are_not_taken_again(tmp_path, capsys):
+    from faceveil.data.samples import sample_photo_path
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "c.mkv", LOSSLESS, frames=3, audio=False)
+    shutil.copy(sample_photo_path("grace_hopper"), src / "g.jpg")
+    key_path = tmp_path / "k.key"
+    save_key(SecretKey.generate(), key_path)
+    out = tmp_path / "out"
+    assert main(["anonymize", str(src), "-o", str(out), "--key", str(key_path), "--method", "blur"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["c.fvvid", "c.mkv", "g.png"]
+    capsys.readouterr()
+    assert main(["anonymize", str(out / "c.mkv"), "-o", str(tmp_path / "again"), "--key", str(key_path), "--method", "blur"]) == 1
+    assert "already a faceveil output" in one_line(capsys.readouterr().err, "c.mkv:")

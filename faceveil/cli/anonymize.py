@@ -147,10 +147,11 @@ def run(args: argparse.Namespace) -> int:
     # --- videos: their own path (faceveil.video.cli); the photos and crops go on below
     from faceveil.video.cli import anonymize_videos, split_inputs
 
-    videos, args.inputs = split_inputs(args.inputs)
+    videos, rest = split_inputs(args.inputs) if not getattr(args, "videos_routed", False) else ([], args.inputs)
     if videos:
+        args.inputs, args.videos_routed = rest, True  # the photos in them, once
         status = anonymize_videos(args, videos)
-        return status if not args.inputs else max(status, run(args))
+        return status if not rest else max(status, run(args))
     # --- end videos
     prepared = [is_prepared_folder(i) for i in args.inputs]
     if any(prepared) and not all(prepared):

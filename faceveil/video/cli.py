@@ -137,6 +137,9 @@ def anonymize_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | N
     videos_ = VideoAnonymizer(finder, anonymizer, args.batch_size, options)
     for src, dst in pairs:
         try:
+            if record_path(src).is_file() and not args.allow_anonymized:
+                raise InputError(f"{src}: already a faceveil output (its {record_path(src).name} is beside it); "
+                                 "refusing to anonymize it again (use --allow-anonymized)")
             total = probe(src).frames
             dst.parent.mkdir(parents=True, exist_ok=True)
             bar = frame_progress(total, f"anonymize {src.name}")
