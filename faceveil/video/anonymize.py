@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -56,6 +57,11 @@ from faceveil.video.record import (
 )
 from faceveil.video.streams import DEFAULT_CODEC, MAX_PIXELS, FrameEncoder, encode_publish, iter_frames, mux_final, probe
 from faceveil.video.tracks import DEFAULT_BRIDGE, FaceTracker, TrackedFace, TrackStats, covered_by
+
+if TYPE_CHECKING:
+    from faceveil.models.photo_api import PhotoFinder
+    from faceveil.models.pipeline import Anonymizer
+    from faceveil.video.streams import VideoInfo
 
 DEFAULT_SEGMENT = 16  # frames in memory at once, and the unit of resume
 
@@ -111,7 +117,8 @@ class VideoAnonymizer:
     """Anonymize videos with a detector and face policy (a :class:`~faceveil.models.photo_api.PhotoFinder`)
     and an :class:`~faceveil.models.pipeline.Anonymizer` (None: covers only, no model)."""
 
-    def __init__(self, finder, anonymizer, batch_size: int = 4, options: VideoOptions | None = None) -> None:
+    def __init__(self, finder: PhotoFinder, anonymizer: Anonymizer | None, batch_size: int = 4,
+                 options: VideoOptions | None = None) -> None:
         self.finder = finder
         self.anonymizer = anonymizer
         self.batch_size = max(1, int(batch_size))
@@ -196,7 +203,7 @@ class VideoAnonymizer:
             out.append(TrackCrops(track, [items[i].index for i in order], origins, size, crops))
         return out
 
-    def _finish_segment(self, n: int, items: list[_Item], key: SecretKey, salt: bytes, part: Path, info) -> None:
+    def _finish_segment(self, n: int, items: list[_Item], key: SecretKey, salt: bytes, part: Path, info: VideoInfo) -> None:
         anonymized = self._anonymize_frames(items, key, salt)
         hw = items[0].original.shape[:2]
         tracks = self._track_crops(items, hw)
@@ -307,7 +314,7 @@ class VideoAnonymizer:
         self._assemble(src, dst, key, salt, part, info, n_seg, segments, report)
         return report
 
-    def _assemble(self, src: Path, dst: Path, key: SecretKey, salt: bytes, part: Path, info, n_seg: int,
+    def _assemble(self, src: Path, dst: Path, key: SecretKey, salt: bytes, part: Path, info: VideoInfo, n_seg: int,
                   segments: list[dict], report: VideoReport) -> None:
         """The finished segments into the output video and its record, then the part folder goes."""
         videos = [part / f"seg{i:06d}.mkv" for i in range(n_seg)]

@@ -24,8 +24,8 @@ import numpy as np
 from faceveil.errors import FormatError, TamperedError, escape
 from faceveil.keys import SecretKey
 from faceveil.video import record_path
-from faceveil.video.record import frames_digest, open_segment, published_digest, read_record, segment_nonce
-from faceveil.video.streams import FrameEncoder, iter_frames, mux_final, probe
+from faceveil.video.record import Record, frames_digest, open_segment, published_digest, read_record, segment_nonce
+from faceveil.video.streams import FrameEncoder, VideoInfo, iter_frames, mux_final, probe
 
 
 @dataclass
@@ -73,7 +73,8 @@ def recover_video(src: Path, dst: Path, key: SecretKey, record: Path | None = No
         raise
 
 
-def _recover(src: Path, dst: Path, key: SecretKey, rec, info, part: Path, on_frames) -> RecoveredVideo:
+def _recover(src: Path, dst: Path, key: SecretKey, rec: Record, info: VideoInfo, part: Path,
+             on_frames: Callable[[int], None] | None) -> RecoveredVideo:
     tmp_video = part / "frames.mkv"
     enc = FrameEncoder(tmp_video, info.width, info.height, info.time_base, rec.header.get("codec") if rec.header.get("codec") in ("ffv1", "x264rgb") else "ffv1")
     frames = iter_frames(src)
