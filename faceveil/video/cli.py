@@ -20,7 +20,7 @@ def add_video_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("videos (inputs named .mp4, .mov, .mkv, ...)")
     g.add_argument("--publish", action="store_true",
-                   help="also write NAME.mp4 (H.264) for sharing; recovery from it is approximate at best")
+                   help="also write NAME.mp4 (H.264) for sharing; exact recovery is from NAME.mkv (a lossy copy could only be recovered approximately, from its pixels)")
     g.add_argument("--video-codec", choices=tuple(CODECS), default=DEFAULT_CODEC,
                    help=f"lossless codec of the anonymized NAME.mkv (default {DEFAULT_CODEC}); both recover bit for bit")
 
