@@ -43,6 +43,8 @@ from faceveil.errors import InputError, escape
 from faceveil.keys import SecretKey
 from faceveil.models.photo import PhotoFace, cover_faces, plan_faces
 from faceveil.video import record_path
+from faceveil.video.record import FORMAT as RECORD_FORMAT
+from faceveil.video.record import VERSION as RECORD_VERSION
 from faceveil.video.record import (
     Segment,
     TrackCrops,
@@ -111,6 +113,23 @@ class _Item:
     original: np.ndarray
     tracked: list[TrackedFace]
     planned: list[PhotoFace]
+
+
+@dataclass
+class _Run:
+    """One video's state while it is anonymized."""
+
+    src: Path
+    key: SecretKey
+    info: VideoInfo
+    part: Path  # the folder of finished segments
+    salt: bytes
+    report: VideoReport
+    tracker: FaceTracker
+    on_frames: Callable[[int], None] | None
+    items: list[_Item] = field(default_factory=list)  # the segment being filled, and up to ``bridge`` frames after it
+    seen: set[int] = field(default_factory=set)  # tracks met so far
+    segments: list[dict] = field(default_factory=list)  # first frame and length of each written segment
 
 
 class VideoAnonymizer:
@@ -231,8 +250,8 @@ class VideoAnonymizer:
         os.replace(rec.with_suffix(".tmp"), rec)  # written last: a segment is done when its .rec exists
 
     # ------------------------------------------------------------ per video
-    def _part(self, src: Path, dst: Path, key: SecretKey) -> tuple[Path, bytes, bool]:
-        """The folder of finished segments, the run's salt, and whether a previous run is resumed."""
+    def _part(self, src: Path, dst: Path, key: SecretKey) -> tuple[Path, bytes]:
+        """The folder of finished segments and the run's salt: a previous run's, when it matches this one."""
         part = dst.parent / f".{dst.name}.part"
         st = src.stat()
         want = {"source": {"name": src.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
@@ -244,7 +263,7 @@ class VideoAnonymizer:
                 old = json.loads(state.read_text())
                 salt = bytes.fromhex(old["salt"])
                 if old.get("run") == want and key.check_value(salt) == old.get("check"):
-                    return part, salt, True
+                    return part, salt
             except (ValueError, KeyError, TypeError, OSError):
                 pass
         if part.exists():
@@ -252,7 +271,7 @@ class VideoAnonymizer:
         part.mkdir(parents=True)
         salt = os.urandom(16)
         state.write_text(json.dumps({"run": want, "salt": salt.hex(), "check": key.check_value(salt)}))
-        return part, salt, False
+        return part, salt
 
     def _model_id(self) -> str:
         if self.anonymizer is None:
@@ -265,63 +284,67 @@ class VideoAnonymizer:
         ``publish``); all appear at once, complete, or not at all."""
         src, dst = Path(src), Path(dst)
         info = probe(src, self.options.max_pixels)
-        report = VideoReport(fps=info.rate)
-        part, salt, resumed = self._part(src, dst, key)
-        tracker = FaceTracker(info.rate, self.options.bridge)
-        seg_len = max(1, int(self.options.segment))
-        items: list[_Item] = []  # the segment being filled, then up to ``bridge`` frames beyond it
-        n_seg = 0
-        segments = []
-        seen: set[int] = set()
-
-        def flush() -> None:
-            nonlocal n_seg
-            done = items[:seg_len]
-            for it in done:
-                report.stats.add(it.tracked)
-                for f in it.planned:
-                    report.treatments[f.treatment] = report.treatments.get(f.treatment, 0) + 1
-                    report.faces_left += f.treatment == LEFT
-            if (part / f"seg{n_seg:06d}.rec").is_file():
-                report.resumed_segments += 1
-            else:
-                self._finish_segment(n_seg, done, key, salt, part, info)
-            segments.append({"first": done[0].index, "frames": len(done)})
-            if on_frames:
-                on_frames(len(done))
-            del items[:seg_len]
-            n_seg += 1
-
-        for frame in iter_frames(src):
-            if frame.rgb.shape[:2] != (info.height, info.width):
-                raise InputError(f"{escape(src)}: frame {frame.index} is {frame.rgb.shape[1]}x{frame.rgb.shape[0]}, "
-                                 f"not {info.width}x{info.height}: a size change mid-stream is not supported")
-            tracked, planned = self._detect(frame.rgb, tracker)
-            items.append(_Item(frame.index, frame.pts, frame.rgb, tracked, planned))
-            report.frames += 1
-            for tf in tracked:
-                if tf.track not in seen:
-                    seen.add(tf.track)
-                    self._backfill(items, tf)
-            # A segment is written once the frames after it are detected: a track that starts there
-            # can still cover its face in the segment's last frames.
-            if len(items) >= seg_len + self.options.bridge:
-                flush()
-        while items:
-            flush()
-        if report.frames == 0:
+        part, salt = self._part(src, dst, key)
+        run = _Run(src, key, info, part, salt, VideoReport(fps=info.rate), FaceTracker(info.rate, self.options.bridge), on_frames)
+        try:
+            self._frames(run)
+        except InputError:
+            shutil.rmtree(part, ignore_errors=True)  # the input itself is bad: nothing to resume
+            raise
+        if run.report.frames == 0:
             raise InputError(f"{escape(src)}: no frame decodes")
-        self._assemble(src, dst, key, salt, part, info, n_seg, segments, report)
-        return report
+        self._assemble(run, dst)
+        return run.report
 
-    def _assemble(self, src: Path, dst: Path, key: SecretKey, salt: bytes, part: Path, info: VideoInfo, n_seg: int,
-                  segments: list[dict], report: VideoReport) -> None:
+    def _frames(self, run: _Run) -> None:
+        """Detect and track frame by frame; each segment is written once the ``bridge`` frames
+        after it are detected, so that a track starting there still reaches back into it."""
+        for frame in iter_frames(run.src):
+            if frame.rgb.shape[:2] != (run.info.height, run.info.width):
+                raise InputError(f"{escape(run.src)}: frame {frame.index} is {frame.rgb.shape[1]}x{frame.rgb.shape[0]}, "
+                                 f"not {run.info.width}x{run.info.height}: a size change mid-stream is not supported")
+            tracked, planned = self._detect(frame.rgb, run.tracker)
+            run.items.append(_Item(frame.index, frame.pts, frame.rgb, tracked, planned))
+            run.report.frames += 1
+            for tf in tracked:
+                if tf.track not in run.seen:
+                    run.seen.add(tf.track)
+                    self._backfill(run.items, tf)
+            if len(run.items) >= self._segment_len + self.options.bridge:
+                self._flush(run)
+        while run.items:
+            self._flush(run)
+
+    @property
+    def _segment_len(self) -> int:
+        return max(1, int(self.options.segment))
+
+    def _flush(self, run: _Run) -> None:
+        """Write the next segment (or count it, when an interrupted run already wrote it)."""
+        done, n = run.items[: self._segment_len], len(run.segments)
+        for it in done:
+            run.report.stats.add(it.tracked)
+            for f in it.planned:
+                run.report.treatments[f.treatment] = run.report.treatments.get(f.treatment, 0) + 1
+                run.report.faces_left += f.treatment == LEFT
+        if (run.part / f"seg{n:06d}.rec").is_file():
+            run.report.resumed_segments += 1
+        else:
+            self._finish_segment(n, done, run.key, run.salt, run.part, run.info)
+        run.segments.append({"first": done[0].index, "frames": len(done)})
+        if run.on_frames:
+            run.on_frames(len(done))
+        del run.items[: self._segment_len]
+
+    def _assemble(self, run: _Run, dst: Path) -> None:
         """The finished segments into the output video and its record, then the part folder goes."""
+        src, key, salt, part, info, report = run.src, run.key, run.salt, run.part, run.info, run.report
+        n_seg, segments = len(run.segments), run.segments
         videos = [part / f"seg{i:06d}.mkv" for i in range(n_seg)]
         chunks = [part / f"seg{i:06d}.rec" for i in range(n_seg)]
         tmp_video, tmp_record = part / "out.mkv", part / "out.fvvid"
         mux_final(tmp_video, videos, src, info.rotation)
-        header = {"format": "faceveil-video-record", "version": 1, "salt": salt.hex(), "check": key.check_value(salt),
+        header = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "salt": salt.hex(), "check": key.check_value(salt),
                   "size": [info.height, info.width], "frames": report.frames, "codec": self.options.codec,
                   "segments": segments, "video_sha256": file_sha256(tmp_video)}
         write_record(tmp_record, chunks, header, key)

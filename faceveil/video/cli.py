@@ -114,7 +114,7 @@ def anonymize_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | N
     from faceveil.keys import load_key
     from faceveil.models.photo_api import PhotoFinder
     from faceveil.video.anonymize import VideoAnonymizer, VideoOptions
-    from faceveil.video.streams import probe
+    from faceveil.video.streams import MAX_PIXELS, probe
 
     quiet_libraries()
     report = Report("anonymize")
@@ -133,7 +133,7 @@ def anonymize_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | N
             raise InputError(str(exc)) from None
         size = native_size(backbone)
     finder = PhotoFinder(size, args.detector, face_policy(args), args.detect_size, args.sideways)
-    options = VideoOptions(codec=args.video_codec, publish=args.publish)
+    options = VideoOptions(codec=args.video_codec, publish=args.publish, max_pixels=min(args.max_pixels, MAX_PIXELS))
     videos_ = VideoAnonymizer(finder, anonymizer, args.batch_size, options)
     for src, dst in pairs:
         try:
