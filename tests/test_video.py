@@ -110,6 +110,7 @@ def test_published_mp4_is_h264_with_sound_and_says_it_has_no_record(made, capsys
     root, clips, out, key_path = made
     info = probe(out / "phone.mp4")
     assert info.codec == "h264" and info.audio == ["aac"]
+    assert probe(out / "lossless.mp4").rotation == 90 and probe(out / "lossless.mp4").audio == ["flac"]
     assert len(frames_of(out / "phone.mp4")) == FRAMES
     capsys.readouterr()
     assert main(["recover", str(out / "phone.mp4"), "-o", str(root / "r_mp4"), "--key", str(key_path)]) == 1
@@ -178,7 +179,7 @@ def test_bad_inputs_get_one_line_each_and_the_batch_goes_on(tmp_path, capsys):
     save_key(SecretKey.generate(), key_path)
     out = tmp_path / "out"
     capsys.readouterr()
-    rc = main(["anonymize", str(src), "-o", str(out), "--key", str(key_path), "--method", "blur"])
+    rc = main(["anonymize", str(src), "-o", str(out), "--key", str(key_path), "--method", "blur", "--publish"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "corrupt or truncated" in one_line(err, "truncated.mp4:")
@@ -186,7 +187,10 @@ def test_bad_inputs_get_one_line_each_and_the_batch_goes_on(tmp_path, capsys):
     assert "audio only" in one_line(err, "voice.mp4:")
     assert "10" in one_line(err, "deep.mkv:") and "8-bit" in one_line(err, "deep.mkv:")
     assert "anonymized 2, failed 4" in err
-    assert sorted(p.name for p in out.iterdir()) == ["good.fvvid", "good.mkv", "odd.fvvid", "odd.mkv"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.fvvid", "good.mkv", "good.mp4", "odd.fvvid", "odd.mkv", "odd.mp4"]
+    # H.264 in yuv420p needs even sides: the shared copy of a 97 x 75 video is padded by one row and column.
+    assert (probe(out / "odd.mp4").width, probe(out / "odd.mp4").height) == (98, 76)
+    assert (probe(out / "odd.mkv").width, probe(out / "odd.mkv").height) == (97, 75)
     assert "Traceback" not in err
 
 
