@@ -442,3 +442,23 @@ def test_a_folder_mixing_photos_and_videos_takes_both_and_outputs_are_not_taken_
     capsys.readouterr()
     assert main(["anonymize", str(out / "c.mkv"), "-o", str(tmp_path / "again"), "--key", str(key_path), "--method", "blur"]) == 1
     assert "already a faceveil output" in one_line(capsys.readouterr().err, "c.mkv:")
+
+
+def test_recovery_that_does_not_restore_the_originals_is_an_error(made, tmp_path, monkeypatch):
+    """A sealed region that opens but is wrong (a bug, a codec that is not lossless) never passes as the original."""
+    from faceveil.errors import TamperedError
+    from faceveil.keys import load_key
+    from faceveil.video import recover as vr
+
+    _, _, out, key_path = made
+    real = vr.open_segment
+
+    def off_by_one(*args, **kwargs):
+        seg = real(*args, **kwargs)
+        seg.tracks[0].crops[0][0, 0, 0] ^= 1
+        return seg
+
+    monkeypatch.setattr(vr, "open_segment", off_by_one)
+    with pytest.raises(TamperedError, match="does NOT restore the original frames"):
+        vr.recover_video(out / "lossless.mkv", tmp_path / "r.mkv", load_key(key_path))
+    assert not (tmp_path / "r.mkv").exists() and not (tmp_path / ".r.mkv.part").exists()
