@@ -462,3 +462,24 @@ def test_recovery_that_does_not_restore_the_originals_is_an_error(made, tmp_path
     with pytest.raises(TamperedError, match="does NOT restore the original frames"):
         vr.recover_video(out / "lossless.mkv", tmp_path / "r.mkv", load_key(key_path))
     assert not (tmp_path / "r.mkv").exists() and not (tmp_path / ".r.mkv.part").exists()
+
+
+def test_subtitles_are_copied_where_an_mkv_can_hold_them(tmp_path, capsys):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    make_clip(tmp_path / "c.mkv", LOSSLESS, frames=3)
+    (tmp_path / "s.srt").write_text("1\n00:00:00,000 --> 00:00:00,200\nhello\n")
+    src = tmp_path / "in"
+    src.mkdir()
+    ff = imageio_ffmpeg.get_ffmpeg_exe()
+    for name, codec in (("srt.mkv", "srt"), ("movtext.mp4", "mov_text")):
+        subprocess.run([ff, "-y", "-loglevel", "error", "-i", str(tmp_path / "c.mkv"), "-i", str(tmp_path / "s.srt"), "-map", "0",
+                        "-map", "1", "-c:v", "copy", "-c:a", "aac" if name.endswith("mp4") else "copy", "-c:s", codec,
+                        str(src / name)], check=True)
+    key_path = tmp_path / "k.key"
+    save_key(SecretKey.generate(), key_path)
+    capsys.readouterr()
+    assert main(["anonymize", str(src), "-o", str(tmp_path / "out"), "--key", str(key_path), "--method", "blur"]) == 0
+    assert "(mov_text) cannot go into an MKV as is; left out" in one_line(capsys.readouterr().err, "mov_text")
+    with av.open(str(tmp_path / "out" / "srt.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video", "audio", "subtitle"]
+        assert b"hello" in b"".join(bytes(p) for p in c.demux(c.streams.subtitles[0]) if p.size)

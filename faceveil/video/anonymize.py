@@ -343,7 +343,7 @@ class VideoAnonymizer:
         videos = [part / f"seg{i:06d}.mkv" for i in range(n_seg)]
         chunks = [part / f"seg{i:06d}.rec" for i in range(n_seg)]
         tmp_video, tmp_record = part / "out.mkv", part / "out.fvvid"
-        mux_final(tmp_video, videos, src, info.rotation)
+        report.notes += mux_final(tmp_video, videos, src, info.rotation)
         header = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "salt": salt.hex(), "check": key.check_value(salt),
                   "size": [info.height, info.width], "frames": report.frames, "codec": self.options.codec,
                   "segments": segments, "video_sha256": file_sha256(tmp_video)}

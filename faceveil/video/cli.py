@@ -107,10 +107,19 @@ def frame_progress(total: int, desc: str):
     return tqdm(total=total or None, desc=desc, unit="frame")
 
 
+def _media_errors() -> tuple[type[BaseException], ...]:
+    """What one video may raise and the batch survive: our errors, I/O, and FFmpeg's own."""
+    import av
+
+    from faceveil.errors import FaceveilError
+
+    return (FaceveilError, OSError, ValueError, RuntimeError, av.FFmpegError)
+
+
 def anonymize_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | None]]) -> int:
     from faceveil.cli.common import load_backbone_for_cli, quiet_libraries, resolve_device, resolve_dtype, resolve_settings
     from faceveil.cli.photo_args import face_policy
-    from faceveil.errors import FaceveilError, InputError
+    from faceveil.errors import InputError
     from faceveil.keys import load_key
     from faceveil.models.photo_api import PhotoFinder
     from faceveil.video.anonymize import VideoAnonymizer, VideoOptions
@@ -147,7 +156,7 @@ def anonymize_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | N
                 result = videos_.run(src, dst, key, on_frames=bar.update)
             finally:
                 bar.close()
-        except (FaceveilError, OSError, ValueError, RuntimeError) as exc:
+        except _media_errors() as exc:
             report.fail(src, exc)
             continue
         report.ok += 1
@@ -166,7 +175,6 @@ def anonymize_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | N
 
 
 def recover_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | None]]) -> int:
-    from faceveil.errors import FaceveilError
     from faceveil.keys import load_key
     from faceveil.video.recover import recover_video
 
@@ -182,7 +190,7 @@ def recover_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | Non
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             result = recover_video(src, dst, key, record=args.record)
-        except (FaceveilError, OSError, ValueError, RuntimeError) as exc:
+        except _media_errors() as exc:
             report.fail(src, exc)
             continue
         report.ok += 1

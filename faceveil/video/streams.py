@@ -24,6 +24,7 @@ CODECS = {"ffv1": ("ffv1", "bgr0", {"level": "3", "slicecrc": "1"}), "x264rgb": 
 DEFAULT_CODEC = "ffv1"
 MAX_PIXELS = 4096 * 4096  # per frame; a segment of frames is held in memory at once
 COPIED_TYPES = ("audio", "subtitle")
+MKV_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle", "text"}
 HDR_TRANSFERS = {"smpte2084", "arib-std-b67", "smpte428"}
 PUBLISH_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}  # what an MP4 may carry as is
 
@@ -170,9 +171,15 @@ def _interleave(out, *sources: Iterator) -> None:
         out.mux(p)
 
 
-def mux_final(dst: str | Path, segments: Iterable[Path], source: str | Path, rotation: int = 0) -> None:
+def _copyable(stream) -> bool:
+    """Whether an MKV can hold ``stream`` as it is (MP4's mov_text subtitles, for one, it cannot)."""
+    return stream.type == "audio" or (stream.type == "subtitle" and stream.codec_context.name in MKV_SUBTITLES)
+
+
+def mux_final(dst: str | Path, segments: Iterable[Path], source: str | Path, rotation: int = 0) -> list[str]:
     """Write ``dst`` (MKV): the video packets of the segment files in order, and the audio and
-    subtitle packets of ``source`` copied, interleaved by time, one packet in memory per stream."""
+    subtitle packets of ``source`` copied, interleaved by time, one packet in memory per stream.
+    Returns notes on streams left out."""
     av = _av()
     segments = list(segments)
     with av.open(str(dst), "w", format="matroska") as out, av.open(str(source)) as src:
@@ -180,7 +187,9 @@ def mux_final(dst: str | Path, segments: Iterable[Path], source: str | Path, rot
             vout = out.add_stream_from_template(first.streams.video[0])
         if rotation:
             vout.set_display_rotation(rotation)
-        copied = [s for s in src.streams if s.type in COPIED_TYPES]
+        copied = [s for s in src.streams if s.type in COPIED_TYPES and _copyable(s)]
+        notes = [f"{s.type} stream {s.index} ({s.codec_context.name}) cannot go into an MKV as is; left out"
+                 for s in src.streams if s.type in COPIED_TYPES and not _copyable(s)]
         outs = {s.index: out.add_stream_from_template(s) for s in copied}
 
         def video() -> Iterator:
@@ -198,6 +207,7 @@ def mux_final(dst: str | Path, segments: Iterable[Path], source: str | Path, rot
                 yield p
 
         _interleave(out, video(), others())
+    return notes
 
 
 def encode_publish(anonymized: str | Path, dst: str | Path, source: str | Path, rotation: int = 0, crf: int = 18) -> list[str]:
