@@ -19,7 +19,8 @@ A segment's chunk is :func:`~faceveil.fileformat.sealing.seal_arrays` (ChaCha20-
 - ``tracks``: the track numbers present, and for the j-th: ``tJ_frames`` (frame numbers),
   ``tJ_origins`` (x0, y0 of its rectangle in each), ``tJ_size`` (w, h, fixed for the segment)
   and ``tJ_video``: the original pixels of those rectangles as a lossless libx264rgb (qp 0)
-  stream, which codes a face from its previous frame: far smaller than frame by frame.
+  raw H.264 stream (no container: a container adds random ids), which codes a face from its
+  previous frame: 2.4 times smaller than sealing each frame's region on its own.
 
 Opening checks the MAC over the header, then the payload's SHA-256, before any chunk is
 decrypted, decoded or parsed; each chunk is then authenticated by its AEAD tag.
