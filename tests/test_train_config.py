@@ -121,14 +121,14 @@ def test_print_config_shows_resolved_values():
 
 
 def test_existing_run_without_resume_is_refused(tmp_path):
-    from faceveil.train.loop import train
+    from faceveil.train.recipe import recipe_main
 
     ckpt = tmp_path / "checkpoints" / "step-000002"
     ckpt.mkdir(parents=True)
     (ckpt / "train_state.json").write_text('{"step": 2, "batches": 2, "images": 8}')
     cfg = load_train_config(CONFIGS / "tiny.yaml", [f"output.run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="--resume latest"):
-        train(cfg)
+        recipe_main(cfg)
 
 
 def test_resume_choices(tmp_path):

@@ -22,7 +22,7 @@ from faceveil.train.config_schema import load_train_config
 from faceveil.train.export import export_run, strict_json
 from faceveil.train.hub import LocalFolderApi, push_to_hub
 from faceveil.train.lora import LORA_WEIGHTS, load_lora
-from faceveil.train.loop import train
+from faceveil.train.recipe import recipe_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["anonymize.steps=6", "data.batch_size=2", "data.val_images=2", "output.progress=false",
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    train(load_train_config(ROOT / "configs" / "tiny.yaml", [f"output.run_dir={run_dir}", *FAST]))
+    recipe_main(load_train_config(ROOT / "configs" / "tiny.yaml", [f"output.run_dir={run_dir}", *FAST]))
     return run_dir
 
 
@@ -47,7 +47,7 @@ def exported(run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def faces():
     from faceveil.data.loader import make_loader
-    from faceveil.train.loop import sample_shards_dir
+    from faceveil.train.sample_shards import sample_shards_dir
 
     b = next(iter(make_loader(sample_shards_dir(64), batch_size=2, image_size=64, shuffle=0)))
     return np.ascontiguousarray(to_uint8(b["image"])), (b["mask"][:, 0] > 0.5).numpy()

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def faces():
-    from faceveil.train.loop import sample_shards_dir
+    from faceveil.train.sample_shards import sample_shards_dir
 
     folder = build_sample_shards(sample_shards_dir(SIZE), size=SIZE)
     return next(iter(make_loader(folder, batch_size=4, image_size=SIZE, latent_factor=8, shuffle=0)))

@@ -20,7 +20,8 @@ from faceveil.errors import InputError
 from faceveil.train.checkpointing import ADAPTER_DIR, TRAIN_STATE, list_checkpoints, read_train_state
 from faceveil.train.config_schema import load_train_config
 from faceveil.train.lora import LORA_WEIGHTS
-from faceveil.train.loop import FINAL_FILE, METRICS_FILE, read_jsonl, train
+from faceveil.train.recipe import recipe_main
+from faceveil.train.run_log import FINAL_FILE, METRICS_FILE, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -57,7 +58,7 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
-    result = train(config(run_dir, *STRAIGHT))
+    result = recipe_main(config(run_dir, *STRAIGHT))
     return run_dir, result
 
 
@@ -107,7 +108,7 @@ def resumed_from(run_a: Path, name: str, run_dir: Path, *extra: str, state: dict
     if state:
         st = read_train_state(ckpt)
         (ckpt / TRAIN_STATE).write_text(json.dumps({**st, **state}))
-    return train(config(run_dir, *STRAIGHT, *extra), resume="latest")
+    return recipe_main(config(run_dir, *STRAIGHT, *extra), resume="latest")
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -142,10 +143,10 @@ def test_resume_continues_identically(straight, tmp_path):
 
 def test_stop_and_resume_keep_the_key_seed_private(tmp_path):
     run_b = tmp_path / "stopped"
-    first = train(config(run_b, "train.max_steps=4", "train.stop_at_step=2"))
+    first = recipe_main(config(run_b, "train.max_steps=4", "train.stop_at_step=2"))
     assert first.step == 2 and first.stopped_by == "train.stop_at_step"
     assert [p.name for p in list_checkpoints(run_b)] == ["step-000002"]
-    second = train(config(run_b, "train.max_steps=4", "train.stop_at_step=2"), resume="latest")
+    second = recipe_main(config(run_b, "train.max_steps=4", "train.stop_at_step=2"), resume="latest")
     assert second.step == 4 and second.stopped_by is None
     s2, s4 = (read_train_state(run_b / "checkpoints" / n) for n in ("step-000002", "step-000004"))
     assert s4["batches"] == 4 and s4["num_workers"] == 0
@@ -160,7 +161,7 @@ def test_stop_and_resume_keep_the_key_seed_private(tmp_path):
     assert "key_seed" not in (run_b / "config.yaml").read_text().replace("key_seed: null", "")
     # A fresh run draws another seed.
     other = tmp_path / "other"
-    train(config(other, "train.max_steps=1"))
+    recipe_main(config(other, "train.max_steps=1"))
     assert read_train_state(other / "checkpoints" / "step-000001")["key_seed"] != seed
 
 
@@ -247,7 +248,7 @@ def test_two_processes_keep_lora_identical(tmp_path):
 def test_a_recipe_set_up_but_never_trained_still_summarizes(tmp_path):
     """Every piece of run state exists from the start (torchtune's rule): summary() needs no train()."""
     from faceveil.train.recipe import FinetuneRecipe
-    from faceveil.train.runtime import reset_accelerate_state
+    from faceveil.train.distributed import reset_accelerate_state
 
     recipe = FinetuneRecipe(config(tmp_path / "run", "train.max_steps=4"), tmp_path / "run", None)
     try:

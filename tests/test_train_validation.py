@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def shards():
-    from faceveil.train.loop import sample_shards_dir
+    from faceveil.train.sample_shards import sample_shards_dir
 
     return build_sample_shards(sample_shards_dir(SIZE), size=SIZE)
 
@@ -90,10 +90,10 @@ def test_an_empty_split_fails_at_start(tmp_path, holdout, message):
 
     from faceveil.errors import ConfigError
     from faceveil.train.config_schema import load_train_config
-    from faceveil.train.loop import train
+    from faceveil.train.recipe import recipe_main
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     cfg = load_train_config(tiny, [f"output.run_dir={tmp_path}", f"data.val_holdout={holdout}", "output.progress=false",
                                    "output.val_dlib=false"])
     with pytest.raises(ConfigError, match=message):
-        train(cfg)
+        recipe_main(cfg)

@@ -45,7 +45,7 @@ def _val_at(run_dir: Path, step: Any) -> dict[str, Any]:
     Never another step's: those numbers describe other weights. (A step validated twice -- a run resumed
     from an earlier checkpoint -- gives the last record, the one that belongs to the weights saved last.)
     """
-    from faceveil.train.loop import METRICS_FILE, read_jsonl
+    from faceveil.train.run_log import METRICS_FILE, read_jsonl
 
     path = run_dir / METRICS_FILE
     try:
@@ -81,7 +81,7 @@ def _check_output(run_dir: Path, out: Path, overwrite: bool) -> None:
 
 def _data_summary(shards: str, image_size: int) -> dict[str, Any]:
     from faceveil.train.config_schema import SAMPLE_SHARDS
-    from faceveil.train.loop import sample_shards_dir
+    from faceveil.train.sample_shards import sample_shards_dir
 
     out: dict[str, Any] = {"shards": shards}
     folder = sample_shards_dir(image_size) if shards == SAMPLE_SHARDS else Path(shards)
@@ -106,7 +106,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     from faceveil.train.checkpointing import ADAPTER_DIR, read_train_state, resolve_checkpoint
     from faceveil.train.config_schema import load_train_config
     from faceveil.train.lora import LORA_WEIGHTS, read_lora_file
-    from faceveil.train.loop import CONFIG_FILE, FINAL_FILE
+    from faceveil.train.run_log import CONFIG_FILE, FINAL_FILE
     from faceveil.train.model_card import evaluation_metrics, render_model_card
 
     run_dir, out = Path(run_dir), Path(out_dir)

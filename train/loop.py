@@ -3,7 +3,8 @@
 One process, one GPU, several GPUs (DDP) or FSDP / DeepSpeed, all chosen by the
 launcher (``accelerate launch`` / ``accelerate config``), never by this code. The
 data loader splits by process and worker itself and is not passed to
-``accelerator.prepare``. The run's phases are :class:`faceveil.train.recipe.FinetuneRecipe`;
+``accelerator.prepare``. The run is :func:`faceveil.train.recipe.recipe_main` (the recipe,
+:class:`~faceveil.train.recipe.FinetuneRecipe`); this module is its command line;
 see :mod:`faceveil.train.objective` for the objective, :mod:`faceveil.train.checkpointing` for
 the checkpoint layout.
 
@@ -43,65 +44,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from faceveil.errors import ConfigError, FaceveilError
-from faceveil.train.config_schema import TrainConfig, config_yaml, load_train_config
-from faceveil.train.runtime import (  # noqa: F401 - the run's file names and readers, re-exported
-    CONFIG_FILE,
-    FINAL_FILE,
-    METRICS_FILE,
-    append_jsonl,
-    read_jsonl,
-    reset_accelerate_state,
-    sample_shards_dir,
-)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    stopped_by: str | None
-    checkpoint: Path | None
-    train_metrics: dict[str, float] = field(default_factory=dict)
-    val_metrics: dict[str, float] = field(default_factory=dict)
-    first_val_metrics: dict[str, float] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Run (or continue) a training run described by ``cfg``; collective under a launcher."""
-    from faceveil.train.checkpointing import list_checkpoints, resolve_resume
-    from faceveil.train.recipe import FinetuneRecipe
-
-    run_dir = Path(cfg.output.run_dir)
-    resume_ckpt = resolve_resume(run_dir, resume)
-    if resume_ckpt is None and list_checkpoints(run_dir):
-        raise ConfigError(
-            f"{run_dir} already holds checkpoints; continue it with --resume latest, or choose another output.run_dir"
-        )
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        recipe = FinetuneRecipe(cfg, run_dir, resume_ckpt)
-        recipe.setup()
-        recipe.train()
-        summary = recipe.summary()
-        recipe.cleanup()
-        h = recipe.history
-        return TrainResult(run_dir=run_dir, step=recipe.step_no, stopped_by=recipe.stopped_by, checkpoint=recipe.last_ckpt,
-                           train_metrics=h.get("train", {}), val_metrics=h.get("val", {}),
-                           first_val_metrics=h.get("first_val", {}), summary=summary)
-    finally:
-        torch.set_num_threads(threads)
-        reset_accelerate_state()
-
-
-# --------------------------------------------------------------------------- CLI
+from faceveil.errors import FaceveilError
+from faceveil.train.config_schema import config_yaml, load_train_config
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -134,7 +79,9 @@ def run_parsed(args: argparse.Namespace) -> int:
         if args.print_config:
             print(config_yaml(cfg), end="")
             return 0
-        result = train(cfg, resume=args.resume)
+        from faceveil.train.recipe import recipe_main
+
+        result = recipe_main(cfg, resume=args.resume)
     except FaceveilError as exc:
         print(f"faceveil train: error: {exc}", file=sys.stderr)
         return 2

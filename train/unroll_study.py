@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from faceveil.models.identity import load_identity_encoder
     from faceveil.models.pipeline import Anonymizer, Settings, to_tensor, to_uint8
     from faceveil.train.config_schema import ObjectiveSection
-    from faceveil.train.loop import sample_shards_dir
+    from faceveil.train.sample_shards import sample_shards_dir
     from faceveil.train.lora import add_lora, lora_config
     from faceveil.train.objective import Batch, Frozen, Objective, VeilModel, draw_keys
 

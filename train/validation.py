@@ -25,6 +25,7 @@ It also returns the image grid, one row per face: original | anonymized | recove
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -38,6 +39,8 @@ from faceveil.fileformat import read_file, write_veiled
 from faceveil.models.backbones import Backbone
 from faceveil.models.pipeline import Anonymizer, Settings, psnr, to_tensor, to_uint8
 from faceveil.train.objective import draw_keys, eval_mode
+
+logger = logging.getLogger("faceveil.train")
 
 GRID_COLUMNS = ("original", "anonymized", "recovered", "wrong key")
 
@@ -54,6 +57,17 @@ def _dlib(judge: Any, anon: np.ndarray, images: np.ndarray) -> dict[str, float]:
     boxes = [(0, 0, w - 1, h - 1)] * len(images)  # aligned crops: the face fills the crop
     a, o = judge.embed(list(anon), boxes), judge.embed(list(images), boxes)
     return {"val/dlib_cos": float(cosine_similarity(a, o).nanmean()), "val/dlib_distance": float(euclidean_distance(a, o).nanmean())}
+
+
+def dlib_judge():  # -> DlibRecognizer | None
+    """dlib's face descriptor as a second validation judge, or None (with a warning) where dlib cannot load."""
+    try:
+        from faceveil.models.recognizers import load_recognizer
+
+        return load_recognizer("dlib", missing="nan")
+    except Exception as exc:  # noqa: BLE001 - a missing package or model file: validate without it
+        logger.warning("validation without dlib (%s: %s); set output.val_dlib=false to silence this", exc.__class__.__name__, exc)
+        return None
 
 
 def jpeg_copy(image: np.ndarray, quality: int) -> np.ndarray:
