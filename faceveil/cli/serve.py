@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import atexit
     import shutil
+    import signal
     import socket
     import tempfile
     from pathlib import Path
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(128)  # connections wait from now on, so the printed address works at once
     except OSError as exc:
         sock.close()
         raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -91,8 +93,14 @@ def run(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
                                            lifespan="off", timeout_graceful_shutdown=5))
     print(f"faceveil serve: {url}  (backbone {args.backbone}; Ctrl-C to stop)", flush=True)
+    def stop(signum, frame):  # uvicorn shuts down gracefully, then raises the signal it caught again here
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
         jobs.close()
         sock.close()

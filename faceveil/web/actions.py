@@ -111,6 +111,7 @@ class PhotoOptions:
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_FORMATS:
             raise InputError(f"unknown output {escape(self.output)!r}; choose png or jpg")
+        self.policy()  # every choice checked before the job is queued
 
 
 def parse_regions(doc: object, count: int) -> dict[int, list[np.ndarray]]:
@@ -262,6 +263,8 @@ def _load(upload: Upload, ws: Workspace, max_pixels: int) -> tuple[np.ndarray, P
     path = ws.put(upload)
     try:
         return load_photo(path, max_pixels), path
+    except FaceveilError as exc:
+        raise InputError(_said(exc, path, upload)) from None
     finally:
         path.unlink(missing_ok=True)
 
