@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="faceveil-serve-"))  # mode 0700
     atexit.register(shutil.rmtree, workdir, True)
-    tempfile.tempdir = str(workdir)  # upload spools too: one private folder for everything
+    # Upload spools, caches and libraries' own files too (onnxruntime writes $TMPDIR/.ses at import):
+    # one private folder for everything, removed at exit.
+    tempfile.tempdir = os.environ["TMPDIR"] = str(workdir)
     engine = Engine(args.backbone, args.device, args.dtype, args.batch_size, args.scheme, args.steps, args.transform,
                     threads=args.threads)
     config = ServerConfig(host=args.host, token=token, workdir=workdir, max_waiting=args.queue, backbone=args.backbone,

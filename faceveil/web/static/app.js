@@ -62,20 +62,24 @@ function progress(status) {
   $("progress-text").textContent = text;
 }
 
-async function runJob(path, form) {
+async function runJob(path, form, tab) {
   clearError();
   setBusy(true);
+  $(tab).querySelector(".actions").after($("progress"));  // the bar sits under the buttons pressed
+  $(`results-${tab}`).replaceChildren();
+  progress({ state: "queued", phase: "sending", done: 0, total: 0, position: 0 });
+  $("progress-text").textContent = "sending the files";
   try {
     const r = await fetch(path, { method: "POST", body: form, credentials: "same-origin" });
-    if (!r.ok) throw new Error(await failure(r));
+    if (!r.ok) { $("progress").hidden = true; throw new Error(await failure(r)); }
     const { job } = await r.json();
     for (;;) {
       const s = await fetch(`/api/jobs/${job}`, { credentials: "same-origin" });
       if (!s.ok) throw new Error(await failure(s));
       const status = await s.json();
       progress(status);
-      if (status.state === "done") { $("progress-fill").style.width = "100%"; $("progress-text").textContent = "done"; return { job, result: status.result }; }
-      if (status.state === "failed") throw new Error(status.error);
+      if (status.state === "done") { $("progress").hidden = true; return { job, result: status.result }; }
+      if (status.state === "failed") { $("progress").hidden = true; throw new Error(status.error); }
       await new Promise((res) => setTimeout(res, 250));
     }
   } finally {
@@ -310,7 +314,7 @@ async function detect() {
     const form = filesForm("anonymize");
     form.append("options", options());
     form.append("regions", JSON.stringify(state.regions));
-    const { job, result } = await runJob("/api/detect", form);
+    const { job, result } = await runJob("/api/detect", form, "anonymize");
     state.detected = { job, items: result.items };
     $("previews").replaceChildren(...result.items.map((it) => previewCard(job, it)));
     $("detect-hint").hidden = false;
@@ -331,7 +335,7 @@ async function anonymize() {
     addKey(form);
     form.append("options", options());
     form.append("regions", JSON.stringify(state.regions));
-    const { job, result } = await runJob("/api/anonymize", form);
+    const { job, result } = await runJob("/api/anonymize", form, "anonymize");
     const out = $("results-anonymize");
     const cards = [el("h2", { text: `Results: ${result.summary}` })];
     for (const it of result.items) {
@@ -359,14 +363,14 @@ async function recover() {
   try {
     const form = filesForm("recover");
     addKey(form);
-    const { job, result } = await runJob("/api/recover", form);
+    const { job, result } = await runJob("/api/recover", form, "recover");
     const cards = [el("h2", { text: `Results: ${result.summary}` })];
     for (const it of result.items) {
       const card = el("div", { class: "card result", "data-name": it.name });
       card.append(el("h3", { text: it.name }));
       if (it.error) { card.append(el("p", { class: "status-bad status", text: it.error })); cards.push(card); continue; }
       card.append(el("p", { class: `status ${it.exact ? "status-ok" : "status-approx"}`, text: it.status }));
-      card.append(el("img", { src: fileUrl(job, it.file), alt: "recovered", class: "recovered", style: "max-width: 100%" }));
+      card.append(el("img", { src: fileUrl(job, it.file), alt: "recovered", class: "recovered" }));
       const files = [["download the original", it.file]];
       if (it.original_file !== undefined) files.push(["download the original file (as it was uploaded)", it.original_file]);
       card.append(downloads(job, files));
@@ -380,7 +384,7 @@ async function verify() {
   try {
     const form = filesForm("verify");
     addKey(form);
-    const { result } = await runJob("/api/verify", form);
+    const { result } = await runJob("/api/verify", form, "verify");
     const rows = result.items.map((it) => el("li", { "data-status": it.status },
       el("strong", { text: `${it.name}: ` }),
       el("span", { class: it.status === "ok" ? "status-ok" : "status-bad", text: it.line })));
