@@ -98,30 +98,36 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(chromium, server, tmp_path_factory):
+def playwright(chromium):
+    """One Playwright driver for the module (its sync API allows one at a time)."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def page(chromium, playwright, server, tmp_path_factory):
     url, _ = server
     profile = tmp_path_factory.mktemp("chromium-profile")
     elsewhere: list[str] = []
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=chromium, headless=True, args=ARGS, accept_downloads=True,
-            viewport={"width": 1200, "height": 900})
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=chromium, headless=True, args=ARGS, accept_downloads=True,
+        viewport={"width": 1200, "height": 900})
 
-        def route(r):  # the page may talk to its server only: no CDN, fonts, analytics, update checks
-            if r.request.url.startswith(url) or r.request.url.startswith(("blob:", "data:")):
-                return r.continue_()
-            elsewhere.append(r.request.url)
-            return r.abort()
+    def route(r):  # the page may talk to its server only: no CDN, fonts, analytics, update checks
+        if r.request.url.startswith(url) or r.request.url.startswith(("blob:", "data:")):
+            return r.continue_()
+        elsewhere.append(r.request.url)
+        return r.abort()
 
-        context.route("**/*", route)
-        pg = context.pages[0] if context.pages else context.new_page()
-        pg.set_default_timeout(90_000)
-        pg.goto(url)
-        pg.wait_for_selector("body[data-ready='1']")
-        yield pg
-        context.close()
+    context.route("**/*", route)
+    pg = context.pages[0] if context.pages else context.new_page()
+    pg.set_default_timeout(90_000)
+    pg.goto(url)
+    pg.wait_for_selector("body[data-ready='1']")
+    yield pg
+    context.close()
     assert elsewhere == [], f"the page asked for something outside its server: {elsewhere}"
 
 
@@ -269,3 +275,26 @@ def test_a_video_says_in_one_line_that_it_is_not_supported_yet(page, shots, tmp_
                   "faceveil.web.actions.anonymize_video / recover_video")
 def test_anonymize_then_recover_a_short_clip_in_the_browser():
     """Upload a generated clip, anonymize, download, recover with the key, compare the frames."""
+
+
+def test_with_a_token_the_printed_address_opens_the_page_and_nothing_else_does(chromium, playwright, tmp_path):
+    """The printed ``/?token=...`` address sets the cookie and lands on ``/``; without it the page is one line."""
+    env = dict(os.environ, FACEVEIL_BACKBONE="tiny", TMPDIR=str(tmp_path), FACEVEIL_SERVE_TOKEN="browser-test-token-1")
+    proc = subprocess.Popen([sys.executable, "-m", "faceveil.cli", "serve", "--backbone", "tiny"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().split()[2]
+        assert url.endswith("/?token=browser-test-token-1"), url
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
+        pg = browser.new_page()
+        pg.goto(url.split("?")[0])
+        assert "needs its token" in pg.inner_text("body")
+        pg.goto(url)
+        pg.wait_for_selector("body[data-ready='1']")
+        assert pg.url == url.split("?")[0]  # the token left the address bar
+        assert "backbone tiny" in pg.inner_text("#server")
+        browser.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

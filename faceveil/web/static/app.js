@@ -65,7 +65,7 @@ function progress(status) {
 async function runJob(path, form, tab) {
   clearError();
   setBusy(true);
-  $(tab).querySelector(".actions").after($("progress"));  // the bar sits under the buttons pressed
+  $(tab).querySelector(".actions").after($("progress"), $("error"));  // under the buttons pressed
   $(`results-${tab}`).replaceChildren();
   progress({ state: "queued", phase: "sending", done: 0, total: 0, position: 0 });
   $("progress-text").textContent = "sending the files";
@@ -128,9 +128,13 @@ async function generateKey() {
 
 async function chooseKey(file) {
   const text = await file.text();
-  let fp = null;
-  try { fp = JSON.parse(text).fingerprint || null; } catch (e) { /* the server says what is wrong */ }
-  keyLoaded(text, file.name, fp);
+  let doc = null;
+  try { doc = JSON.parse(text); } catch (e) { /* the server says what is wrong */ }
+  keyLoaded(text, file.name, doc && doc.fingerprint);
+  if (!doc || doc.format !== "faceveil-key") {
+    $("key-status").textContent = `${file.name} does not look like a faceveil key file`;
+    $("key-status").className = "status-bad";
+  }
   $("key-warning").hidden = true;
 }
 
