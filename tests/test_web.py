@@ -205,6 +205,29 @@ def test_jobs_queue_behind_one_worker_and_a_full_queue_says_busy(tmp_path, t1, m
     gate2.set()
 
 
+def test_finished_results_are_bounded_by_count_and_bytes():
+    q = JobQueue(max_waiting=8, keep=3, keep_bytes=250)
+
+    def result(n):
+        def fn(job):
+            job.add_file("f", "application/octet-stream", bytes(n))
+            return {}
+        return fn
+
+    jobs = []
+    for n in (100, 100, 100, 100):
+        jobs.append(q.submit("x", result(n)))
+        while jobs[-1].finished_at is None:
+            time.sleep(0.005)
+    kept = [j for j in jobs if q.get(j.id) is not None]
+    assert kept == jobs[-2:]  # 4 jobs, 3 by count, 300 bytes over 250: the oldest two went
+    big = q.submit("x", result(1000))
+    while big.finished_at is None:
+        time.sleep(0.005)
+    assert [j for j in jobs + [big] if q.get(j.id) is not None] == [big]  # the newest stays, however big
+    q.close()
+
+
 # ---------------------------------------------------------------- the actions
 
 

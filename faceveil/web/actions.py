@@ -332,6 +332,8 @@ def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input:
         job.progress(f"diffusion {min(faces_done[0], state['total']):.1f}/{state['total']} faces{state['photo']}",
                      faces_done[0] + photos_done[0])
 
+    if options.method == "diffusion":
+        job.progress("loading the model")
     photos = engine.photos(options.method, on_faces)
     size = photos.size or PLAN_SIZE
     finder = engine.finder(size, policy)

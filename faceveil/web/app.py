@@ -16,6 +16,7 @@ Every error is ``{"error": "one line"}`` with its status; nothing is ever a trac
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.resources
 import io
@@ -45,6 +46,7 @@ LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 KEY_FIELD_BYTES = 64 * 1024
+FORMS_AT_ONCE = 2  # requests whose uploads are read into memory at the same time
 
 
 @dataclass
@@ -146,7 +148,17 @@ def _static(name: str) -> bytes:
 
 async def _read_form(request, limits: Limits) -> tuple[list[actions.Upload], dict[str, str]]:
     """The uploads (field ``files``) and the text fields of a multipart form; a key sent as a file
-    (``curl -F key=@me.key``) is read as text, in memory."""
+    (``curl -F key=@me.key``) is read as text, in memory. A full queue refuses before reading, and
+    only :data:`FORMS_AT_ONCE` requests are read at a time (the others wait in the socket), so
+    uploads in memory stay within (queue + running + reading) times the upload limit."""
+    jobs = request.app.state.jobs
+    if jobs.full():
+        raise Busy(f"busy: {jobs.max_waiting} jobs are already waiting; try again when they are done")
+    async with request.app.state.reading:
+        return await _parse_form(request, limits)
+
+
+async def _parse_form(request, limits: Limits) -> tuple[list[actions.Upload], dict[str, str]]:
     from starlette.datastructures import UploadFile
 
     form = await request.form(max_files=limits.max_files + 1, max_fields=32, max_part_size=KEY_FIELD_BYTES)
@@ -213,6 +225,7 @@ def create_app(config: ServerConfig | None = None, engine: actions.Engine | None
     limits = config.limits
     app = FastAPI(title="faceveil", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs, app.state.engine, app.state.config = jobs, engine, config
+    app.state.reading = asyncio.Semaphore(FORMS_AT_ONCE)
 
     @app.exception_handler(FaceveilError)
     async def _faceveil_error(request: Request, exc: FaceveilError):

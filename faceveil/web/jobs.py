@@ -3,8 +3,9 @@
 Every action of the page (detect, anonymize, recover, verify) is a job: the request that starts
 it returns its id at once, the page polls :meth:`Job.status` for the progress, then downloads
 the result files. Jobs run one at a time on one thread, so memory is bounded by the queue's
-length times the upload limit, plus the results kept (:attr:`JobQueue.keep` finished jobs, each
-for :attr:`JobQueue.ttl` seconds at most). A full queue refuses new jobs (:class:`Busy`).
+length times the upload limit, plus the results kept (at most :attr:`JobQueue.keep` finished jobs
+and :attr:`JobQueue.keep_bytes` of files, each for :attr:`JobQueue.ttl` seconds). A full queue
+refuses new jobs (:class:`Busy`).
 
 A job's function (and the key or passphrase its closure holds) is dropped as soon as it ends.
 """
@@ -93,8 +94,8 @@ def one_line(exc: BaseException) -> str:
 class JobQueue:
     """Runs jobs one at a time on a worker thread; at most ``max_waiting`` wait behind it."""
 
-    def __init__(self, max_waiting: int = 4, keep: int = 8, ttl: float = 900.0) -> None:
-        self.max_waiting, self.keep, self.ttl = int(max_waiting), int(keep), float(ttl)
+    def __init__(self, max_waiting: int = 4, keep: int = 8, ttl: float = 900.0, keep_bytes: int = 2 << 30) -> None:
+        self.max_waiting, self.keep, self.ttl, self.keep_bytes = int(max_waiting), int(keep), float(ttl), int(keep_bytes)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.max_waiting)
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._waiting: collections.deque[str] = collections.deque()
@@ -150,13 +151,19 @@ class JobQueue:
         self._queue.put(None)
         self._worker.join(timeout)
 
+    def full(self) -> bool:
+        return self._queue.full()
+
     def _forget_old(self) -> None:
+        """Finished jobs go after ``ttl`` seconds, and the oldest first while more than ``keep`` of them,
+        or more than ``keep_bytes`` of result files, are held (the newest is always kept)."""
         now = time.monotonic()
         finished = [j for j in self._jobs.values() if j.finished_at is not None]
-        for j in finished[: max(0, len(finished) - self.keep)]:
-            del self._jobs[j.id]
-        for j in finished[-self.keep :]:
-            if now - j.finished_at > self.ttl:
+        held = sum(len(f.data) for j in finished for f in j.files)
+        for k, j in enumerate(finished):
+            newest = k == len(finished) - 1
+            if now - j.finished_at > self.ttl or (not newest and (len(finished) - k > self.keep or held > self.keep_bytes)):
+                held -= sum(len(f.data) for f in j.files)
                 del self._jobs[j.id]
 
     def _run(self) -> None:
