@@ -350,6 +350,13 @@ def test_a_passphrase_and_its_salt_make_the_key_keygen_makes(tmp_path, t1, engin
         assert passphrase.encode() not in data and passphrase not in name
 
 
+def test_download_names_fit_a_header():
+    assert actions.download_name("holiday/фото 1.jpg", ".png", ".recovered") == "1.recovered.png"
+    assert actions.download_name('a"b\r\n.jpg', ".png") == "a_b.png"
+    assert actions.download_name("../../.png", ".png") == "png.png"
+    assert actions.download_name("x.jpg", ".jpg.fvrec") == "x.jpg.fvrec"
+
+
 def test_video_says_in_one_line_that_it_is_not_supported_yet(tmp_path, t1, engine):
     c = client(tmp_path, engine)
     files = [("files", ("t1.jpg", t1, "image/jpeg")), ("files", ("clip.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4"))]

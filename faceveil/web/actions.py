@@ -169,7 +169,7 @@ def download_name(name: str, suffix: str | None = None, tag: str = "") -> str:
     stem_name = PurePosixPath(name.replace("\\", "/")).name or "file"
     p = PurePosixPath(stem_name)
     stem = p.stem if suffix is not None else stem_name
-    stem = re.sub(r"[^\w.\- ]+", "_", stem).strip(". ") or "file"
+    stem = re.sub(r"[^A-Za-z0-9._\- ]+", "_", stem).strip("._ ") or "file"  # ASCII: it goes in a header
     return f"{stem[:120]}{tag}{suffix or ''}"
 
 
