@@ -164,6 +164,9 @@ class FacePolicy:
     leave_small: bool = False
     faces: str = "all"
     mask_extent: str = DEFAULT_MASK_EXTENT
+    # Template masks, quantized geometry and a watermark, so that copies without the file's record
+    # (stripped, re-encoded, resized, cropped) still recover approximately with the key.
+    pixel_recovery: bool = False
 
     def __post_init__(self) -> None:
         if self.faces not in PHOTO_FACE_POLICIES:

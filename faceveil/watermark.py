@@ -1,7 +1,7 @@
-"""A keyed watermark that carries a 64-bit recovery id inside a face region, and nothing outside it.
+"""A keyed watermark that carries 64 bits inside a face region, and nothing outside it.
 
 Recovery from the pixels alone (DESIGN.md, section 11) needs what a file's metadata would hold to
-live in the pixels. This module embeds one 8-byte id in the replaced face region of an RGB image:
+live in the pixels. This module embeds one 8-byte body in the replaced face region of an RGB image:
 
 - sealed: the id is encrypted and authenticated under the key (a deterministic SIV construction
   from HMAC-SHA256: a 64-bit tag of the id, and the id XOR a pad derived from that tag), so a
@@ -9,20 +9,24 @@ live in the pixels. This module embeds one 8-byte id in the replaced face region
 - spread: each of the 128 sealed bits goes to many slots (a repetition code), read back by a soft
   majority vote;
 - keyed placement: a slot is one low-frequency DCT coefficient of an 8x8 luminance block lying
-  fully inside the mask, on a grid anchored at the mask's bounding box; the key's stream decides
-  which bit each slot carries and its dither (dithered quantization index modulation, QIM);
+  fully inside the mask, on the image's own 8x8 grid (the grid JPEG uses); the key's stream decides
+  which bit each slot of a 4 x 8-block tile carries and its dither (dithered quantization index
+  modulation, QIM), and the tiles repeat over the image;
 - confined: pixels outside the mask are returned bit for bit.
 
-Extraction takes a mask of the region (re-found from the pixels, it may be off by a few pixels or
-at another scale) and searches small grid offsets and scale factors until the tag verifies.
-This module is not a face detector, and it does not choose ids or derive nonces from them.
+Finding marks needs no mask: a marked block's coefficients sit on the key's lattice, an unmarked
+one's anywhere, so a per-block score maps the marked regions (:func:`find`). A crop moves the
+grid; :func:`find` then searches the 64 pixel phases and 32 tile phases, and returns where the
+tile lattice lies, so that positions carried in the body can be resolved modulo the tile.
+A keyless party can tell that a region is marked (the lattice repeats with the tile); it cannot
+read, change or forge the body.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +34,7 @@ import numpy as np
 from faceveil.errors import InputError
 from faceveil.keys import NONCE_BYTES, SecretKey, keystream
 
-ID_BYTES = 8
+ID_BYTES = 8  # the body: what the caller seals (faceveil.models.pixel_geometry packs it)
 TAG_BYTES = 8
 PAYLOAD_BITS = 8 * (ID_BYTES + TAG_BYTES)
 BLOCK = 8
@@ -39,8 +43,9 @@ COEFFS: tuple[tuple[int, int], ...] = ((0, 1), (1, 0), (1, 1), (0, 2))
 TILE = (4, 8)  # blocks; TILE[0] * TILE[1] * len(COEFFS) == PAYLOAD_BITS
 STEP = 40.0  # QIM lattice step in orthonormal DCT units: the strength / PSNR trade-off
 DOUBTFUL_BITS = 6  # extraction also tries all flips of this many least certain bits
-GRID = 128  # the keyed table covers regions up to GRID * BLOCK = 1024 px a side
-_DOMAIN = b"faceveil/v1/watermark\0"
+TILE_PX = (TILE[0] * BLOCK, TILE[1] * BLOCK)
+MARKED = 0.25  # smoothed lattice score above which a block counts as marked (unmarked: ~0)
+_DOMAIN = b"faceveil/v2/watermark\0"
 
 
 # --------------------------------------------------------------------------- sealing the id
@@ -76,25 +81,22 @@ def open_id(key: SecretKey, sealed: bytes) -> bytes | None:
 
 @dataclass(frozen=True)
 class Placement:
-    """Per slot of the GRID x GRID x len(COEFFS) table: the payload bit it carries and its dither."""
+    """Per slot of one tile (TILE[0] x TILE[1] blocks x len(COEFFS)): the bit it carries and its dither."""
 
-    bit: np.ndarray  # (GRID, GRID, C) int
-    dither: np.ndarray  # (GRID, GRID, C) float in [0, 1)
+    bit: np.ndarray  # (TILE[0], TILE[1], C) int
+    dither: np.ndarray  # (TILE[0], TILE[1], C) float in [0, 1)
 
 
 def placement(key: SecretKey) -> Placement:
-    """The key's slot table; the same for every image, so it can be found without side data."""
+    """The key's tile table; the same for every image, so it can be found without side data."""
     c = len(COEFFS)
-    n = GRID * GRID * c
     # A fixed nonce: the table must be rebuilt from the key alone.
-    stream = np.frombuffer(keystream(key, bytes(NONCE_BYTES), "watermark-placement", 4 * (n + PAYLOAD_BITS)), dtype="<u4")
-    dither, order = stream[:n], stream[n:]
-    # Each TILE of blocks holds every bit once, in a keyed order: any region a few tiles large
-    # covers all bits about equally often, wherever its edges fall.
-    perm = np.argsort(order, kind="stable")
-    rows, cols = np.meshgrid(np.arange(GRID) % TILE[0], np.arange(GRID) % TILE[1], indexing="ij")
-    bit = perm[((rows * TILE[1] + cols) * c)[..., None] + np.arange(c)]
-    return Placement(bit, (dither / 2.0**32).reshape(GRID, GRID, c))
+    stream = np.frombuffer(keystream(key, bytes(NONCE_BYTES), "watermark-placement", 8 * PAYLOAD_BITS), dtype="<u4")
+    dither, order = stream[:PAYLOAD_BITS], stream[PAYLOAD_BITS:]
+    # Each tile holds every bit once, in a keyed order: any region a few tiles large covers all
+    # bits about equally often, wherever its edges fall.
+    bit = np.argsort(order, kind="stable").reshape(TILE[0], TILE[1], c)
+    return Placement(bit, (dither / 2.0**32).reshape(TILE[0], TILE[1], c))
 
 
 # --------------------------------------------------------------------------- blocks and coefficients
@@ -115,48 +117,45 @@ def _luma(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
-def _blocks_inside(mask: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
-    """(n, 2) grid indices (row, col) of the 8x8 blocks, anchored at ``origin``, fully inside ``mask``."""
+def _coefficients(luma: np.ndarray, phase: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(rows, cols, C) coefficients of every whole 8x8 block of the grid starting at pixel ``phase``."""
+    py, px = phase
+    h, w = luma.shape
+    rows, cols = (h - py) // BLOCK, (w - px) // BLOCK
+    blocks = luma[py : py + rows * BLOCK, px : px + cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK)
+    return np.einsum("rics,kis->rck", blocks, _BASIS)
+
+
+def _blocks_inside(mask: np.ndarray) -> np.ndarray:
+    """(n, 2) block indices (row, col) of the image grid's 8x8 blocks fully inside ``mask``."""
     h, w = mask.shape
-    oy, ox = origin
-    rows, cols = (h - oy) // BLOCK, (w - ox) // BLOCK
-    if oy < 0 or ox < 0 or rows <= 0 or cols <= 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    rows, cols = min(rows, GRID), min(cols, GRID)
-    cells = mask[oy : oy + rows * BLOCK, ox : ox + cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK)
+    rows, cols = h // BLOCK, w // BLOCK
+    cells = mask[: rows * BLOCK, : cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK)
     return np.argwhere(cells.all(axis=(1, 3)))
 
 
-def _bbox_origin(mask: np.ndarray) -> tuple[int, int]:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise InputError("the watermark region's mask is empty")
-    return int(ys.min()), int(xs.min())
-
-
-def _gather(luma: np.ndarray, cells: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
-    """The (n, 8, 8) luminance blocks at grid ``cells``."""
-    y = origin[0] + cells[:, 0, None, None] * BLOCK + np.arange(BLOCK)[None, :, None]
-    x = origin[1] + cells[:, 1, None, None] * BLOCK + np.arange(BLOCK)[None, None, :]
-    return luma[y, x]
+def _slots(table: Placement, cells: np.ndarray, tile_phase: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C) bit indices and dithers of blocks ``cells`` when the grid's block (0, 0) is tile block ``tile_phase``."""
+    r = (cells[:, 0] + tile_phase[0]) % TILE[0]
+    c = (cells[:, 1] + tile_phase[1]) % TILE[1]
+    return table.bit[r, c], table.dither[r, c]
 
 
 def capacity(mask: np.ndarray) -> int:
-    """Slots a region offers (blocks fully inside the mask x coefficients); each bit gets ~1/128 of them."""
-    mask = np.asarray(mask, dtype=bool)
-    return len(_blocks_inside(mask, _bbox_origin(mask))) * len(COEFFS)
+    """Slots a region offers (blocks fully inside the mask x coefficients); each bit gets 1/128 of them."""
+    return len(_blocks_inside(np.asarray(mask, dtype=bool))) * len(COEFFS)
 
 
-# --------------------------------------------------------------------------- embed and extract
+# --------------------------------------------------------------------------- embed and read
 
 
-def sealed_bits(key: SecretKey, recovery_id: bytes) -> np.ndarray:
-    """The 128 bits a mark of ``recovery_id`` carries (what :func:`read_bits` should return)."""
-    return np.unpackbits(np.frombuffer(seal_id(key, recovery_id), dtype=np.uint8))
+def sealed_bits(key: SecretKey, body: bytes) -> np.ndarray:
+    """The 128 bits a mark of ``body`` carries (what :func:`read_bits` should return)."""
+    return np.unpackbits(np.frombuffer(seal_id(key, body), dtype=np.uint8))
 
 
-def embed(image: np.ndarray, mask: np.ndarray, key: SecretKey, recovery_id: bytes) -> np.ndarray:
-    """``image`` (H, W, 3) uint8 with ``recovery_id`` sealed under ``key`` inside ``mask`` (H, W) bool.
+def embed(image: np.ndarray, mask: np.ndarray, key: SecretKey, body: bytes) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with ``body`` sealed under ``key`` inside ``mask`` (H, W) bool.
 
     Raises InputError when the region has fewer slots than payload bits. Every pixel outside
     ``mask`` keeps its value.
@@ -165,66 +164,46 @@ def embed(image: np.ndarray, mask: np.ndarray, key: SecretKey, recovery_id: byte
     mask = np.asarray(mask, dtype=bool)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or mask.shape != image.shape[:2]:
         raise InputError(f"expected an (H, W, 3) uint8 image and an (H, W) mask, got {image.shape} and {mask.shape}")
-    origin = _bbox_origin(mask)
-    cells = _blocks_inside(mask, origin)
+    cells = _blocks_inside(mask)
     if len(cells) * len(COEFFS) < PAYLOAD_BITS:
         raise InputError(
             f"the region holds {len(cells)} whole 8x8 blocks, too few for a {PAYLOAD_BITS}-bit mark "
             f"(needs {-(-PAYLOAD_BITS // len(COEFFS))}); faces under about 100 px cannot carry one"
         )
-    table = placement(key)
-    want = sealed_bits(key, recovery_id)[table.bit[cells[:, 0], cells[:, 1]]]  # (n, C)
-    dither = table.dither[cells[:, 0], cells[:, 1]]
-    blocks = _gather(_luma(image), cells, origin)
-    coef = np.einsum("nij,cij->nc", blocks, _BASIS)
+    bits, dither = _slots(placement(key), cells)
+    want = sealed_bits(key, body)[bits]  # (n, C)
+    coef = _coefficients(_luma(image))[cells[:, 0], cells[:, 1]]
     offset = dither + want / 2.0
     target = STEP * (np.round(coef / STEP - offset) + offset)
     delta = np.einsum("nc,cij->nij", target - coef, _BASIS)
     # Equal change in R, G and B changes luminance by the same amount (the weights sum to 1).
     out = image.astype(np.float64)
-    y = origin[0] + cells[:, 0, None, None] * BLOCK + np.arange(BLOCK)[None, :, None]
-    x = origin[1] + cells[:, 1, None, None] * BLOCK + np.arange(BLOCK)[None, None, :]
+    y = cells[:, 0, None, None] * BLOCK + np.arange(BLOCK)[None, :, None]
+    x = cells[:, 1, None, None] * BLOCK + np.arange(BLOCK)[None, None, :]
     out[y, x] += delta[..., None]
     marked = np.clip(np.round(out), 0, 255).astype(np.uint8)
     return np.where(mask[..., None], marked, image)
 
 
-def _soft_bits(luma: np.ndarray, mask: np.ndarray, origin: tuple[int, int], table: Placement) -> np.ndarray | None:
-    cells = _blocks_inside(mask, origin)
-    if len(cells) == 0:
-        return None
-    coef = np.einsum("nij,cij->nc", _gather(luma, cells, origin), _BASIS)
+def _votes(coef: np.ndarray, dither: np.ndarray) -> np.ndarray:
     # +1 on a bit-0 lattice point, -1 on a bit-1 point, 0 halfway.
-    vote = np.cos(2 * np.pi * (coef / STEP - table.dither[cells[:, 0], cells[:, 1]]))
-    return np.bincount(table.bit[cells[:, 0], cells[:, 1]].ravel(), weights=vote.ravel(), minlength=PAYLOAD_BITS)
+    return np.cos(2 * np.pi * (coef / STEP - dither))
+
+
+def _soft(coef: np.ndarray, cells: np.ndarray, table: Placement, tile_phase: tuple[int, int]) -> np.ndarray:
+    bits, dither = _slots(table, cells, tile_phase)
+    votes = _votes(coef[cells[:, 0], cells[:, 1]], dither)
+    return np.bincount(bits.ravel(), weights=votes.ravel(), minlength=PAYLOAD_BITS)
 
 
 def read_bits(image: np.ndarray, mask: np.ndarray, key: SecretKey) -> np.ndarray | None:
-    """The raw 128 sealed bits as read at the mask's own grid (for measuring bit accuracy)."""
+    """The raw 128 sealed bits read inside ``mask`` on the image's own grid (for bit accuracy)."""
     mask = np.asarray(mask, dtype=bool)
-    soft = _soft_bits(_luma(np.asarray(image)), mask, _bbox_origin(mask), placement(key))
-    return None if soft is None else (soft < 0).astype(np.uint8)
-
-
-def _candidates(image: np.ndarray, mask: np.ndarray, scales: Sequence[float], max_shift: int
-                ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
-    import cv2
-
-    for scale in scales:
-        if scale == 1:
-            img, msk = image, mask
-        else:
-            h, w = mask.shape
-            size = (round(w * scale), round(h * scale))
-            img = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
-            msk = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-        luma = _luma(img)
-        oy, ox = _bbox_origin(msk)
-        # Nearest offsets first: the unshifted grid is the likeliest.
-        shifts = sorted(((dy, dx) for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)),
-                        key=lambda s: (abs(s[0]) + abs(s[1]), s))
-        for dy, dx in shifts:
-            yield luma, msk, (oy + dy, ox + dx)
+    cells = _blocks_inside(mask)
+    if len(cells) == 0:
+        return None
+    soft = _soft(_coefficients(_luma(np.asarray(image))), cells, placement(key), (0, 0))
+    return (soft < 0).astype(np.uint8)
 
 
 def _decode(key: SecretKey, soft: np.ndarray, doubtful: int) -> bytes | None:
@@ -245,23 +224,116 @@ def _decode(key: SecretKey, soft: np.ndarray, doubtful: int) -> bytes | None:
     return None
 
 
-def extract(image: np.ndarray, mask: np.ndarray, key: SecretKey, scales: Sequence[float] = (1.0,),
-            max_shift: int = 0, doubtful: int = DOUBTFUL_BITS) -> bytes | None:
-    """The recovery id sealed in ``image`` inside ``mask`` under ``key``, or None.
-
-    ``mask`` locates the region in ``image`` as it is now. If the image was resized since the mark
-    went in, pass the factors that undo it in ``scales`` (2.0 after a 1/2 resize); ``max_shift``
-    searches grid offsets of up to that many pixels, for a region re-found a little off. None when
-    no candidate's tag verifies: a wrong key, no mark, or a mark too damaged to read.
-    """
-    image = np.asarray(image)
+def extract(image: np.ndarray, mask: np.ndarray, key: SecretKey, doubtful: int = DOUBTFUL_BITS) -> bytes | None:
+    """The body sealed in ``image`` inside ``mask`` under ``key`` (on the image's own grid), or None."""
     mask = np.asarray(mask, dtype=bool)
-    table = placement(key)
-    for luma, msk, origin in _candidates(image, mask, scales, max_shift):
-        soft = _soft_bits(luma, msk, origin, table)
-        if soft is None:
+    cells = _blocks_inside(mask)
+    if len(cells) == 0:
+        return None
+    return _decode(key, _soft(_coefficients(_luma(np.asarray(image))), cells, placement(key), (0, 0)), doubtful)
+
+
+# --------------------------------------------------------------------------- finding marks without a mask
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A mark :func:`find` read. Coordinates are in the input image's pixels."""
+
+    body: bytes
+    scale: float  # the factor the image was resized by before reading (2.0: read at twice its size)
+    # The tile lattice: pixel (y, x) of the input lies at tile pixel ((y * scale + origin[0]) % TILE_PX[0], ...).
+    origin: tuple[int, int]
+    centroid: tuple[float, float]  # (y, x) of the marked blocks' centres
+    blocks: int
+    mask: np.ndarray  # (H, W) bool: the marked blocks, at the input's size
+
+
+def _lattice_score(coef: np.ndarray, table: Placement, tile_phase: tuple[int, int]) -> np.ndarray:
+    """(rows, cols): how near each block's coefficients lie to the key's lattice (either bit); ~0 unmarked."""
+    rows, cols, _ = coef.shape
+    r = (np.arange(rows)[:, None] + tile_phase[0]) % TILE[0]
+    c = (np.arange(cols)[None, :] + tile_phase[1]) % TILE[1]
+    return np.cos(4 * np.pi * (coef / STEP - table.dither[r, c])).mean(axis=-1)
+
+
+def _smooth(score: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.blur(score.astype(np.float32), (3, 3), borderType=cv2.BORDER_CONSTANT)
+
+
+def _marks_at(luma: np.ndarray, key: SecretKey, table: Placement, phase: tuple[int, int], tile_phase: tuple[int, int],
+              coef: np.ndarray, doubtful: int) -> list[tuple[bytes, np.ndarray]]:
+    """(body, block cells) of every marked region that decodes at this grid."""
+    import cv2
+
+    marked = (_smooth(_lattice_score(coef, table, tile_phase)) > MARKED).astype(np.uint8)
+    n, labels = cv2.connectedComponents(marked, connectivity=4)
+    out = []
+    for label in range(1, n):
+        cells = np.argwhere(labels == label)
+        if len(cells) * len(COEFFS) < PAYLOAD_BITS:
             continue
-        found = _decode(key, soft, doubtful)
-        if found is not None:
-            return found
-    return None
+        body = _decode(key, _soft(coef, cells, table, tile_phase), doubtful)
+        if body is not None:
+            out.append((body, cells))
+    return out
+
+
+def _best_grids(luma: np.ndarray, table: Placement, tries: int = 3) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
+    """The (score, pixel phase, tile phase) grids where the most blocks sit on the lattice, best first."""
+    found = []
+    for py in range(BLOCK):
+        for px in range(BLOCK):
+            coef = _coefficients(luma, (py, px))
+            for ty in range(TILE[0]):
+                for tx in range(TILE[1]):
+                    s = _smooth(_lattice_score(coef, table, (ty, tx)))
+                    found.append((float(np.count_nonzero(s > MARKED)), (py, px), (ty, tx)))
+    found.sort(key=lambda f: -f[0])
+    return [f for f in found[:tries] if f[0] > 0]
+
+
+def find(image: np.ndarray, key: SecretKey, scales: Sequence[float] = (1.0,), search_grid: bool = True,
+         doubtful: int = DOUBTFUL_BITS) -> list[Mark]:
+    """Every region of ``image`` carrying a mark under ``key``, with its body; [] when none.
+
+    Each scale in ``scales`` resizes the image by that factor first (2.0 undoes a 1/2 resize).
+    The image's own grid is read first; ``search_grid`` then tries every pixel and tile phase
+    (a cropped copy) when that finds nothing.
+    """
+    import cv2
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    table = placement(key)
+    h, w = image.shape[:2]
+    for scale in scales:
+        img = image if scale == 1 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+        luma = _luma(img)
+        grids = [((0, 0), (0, 0))]
+        found = _marks_at(luma, key, table, (0, 0), (0, 0), _coefficients(luma), doubtful)
+        if not found and search_grid:
+            for _, phase, tile_phase in _best_grids(luma, table):
+                found = _marks_at(luma, key, table, phase, tile_phase, _coefficients(luma, phase), doubtful)
+                if found:
+                    grids = [(phase, tile_phase)]
+                    break
+        if found:
+            (py, px), (ty, tx) = grids[0]
+            marks = []
+            for body, cells in found:
+                block_mask = np.zeros(img.shape[:2], dtype=np.uint8)
+                for r, c in cells:
+                    block_mask[py + r * BLOCK : py + (r + 1) * BLOCK, px + c * BLOCK : px + (c + 1) * BLOCK] = 1
+                if scale != 1:
+                    block_mask = cv2.resize(block_mask, (w, h), interpolation=cv2.INTER_NEAREST)
+                cy = (py + (cells[:, 0] + 0.5) * BLOCK).mean() / scale
+                cx = (px + (cells[:, 1] + 0.5) * BLOCK).mean() / scale
+                # Block (0, 0) of this grid starts at pixel (py, px) of the scaled image and is tile block (ty, tx).
+                origin = ((ty * BLOCK - py) % TILE_PX[0], (tx * BLOCK - px) % TILE_PX[1])
+                marks.append(Mark(body, float(scale), origin, (float(cy), float(cx)), len(cells), block_mask.astype(bool)))
+            return marks
+    return []

@@ -21,7 +21,8 @@ state); :class:`VeiledPhoto` is the photo with its records and sealed residual.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,7 @@ from faceveil.data.photo_mask import crop_mask
 from faceveil.errors import InputError
 from faceveil.keys import SecretKey, new_nonce
 from faceveil.models.backbones import Backbone
+from faceveil.models.pixel_geometry import pixel_nonce
 from faceveil.models.photo_residual import apply_photo_residual, open_photo_residual, seal_photo_residual
 from faceveil.models.pipeline import Anonymizer, Veiled
 
@@ -67,6 +69,7 @@ class PhotoFace:
     veiled: Veiled | None = None  # the anonymized crop and its recovery data
     treatment: str = "diffusion"
     why: str | None = None
+    body: bytes | None = None  # pixel recovery: the watermark body (geometry + random), never written in clear
 
     @property
     def size(self) -> int:
@@ -104,7 +107,10 @@ def plan_faces(photo: np.ndarray, faces: Sequence[Face], size: int, policy: Face
         if treatment == "diffusion":
             try:
                 pf.matrix = ffhq_matrix(f.landmarks5, size)
-                pf.mask = crop_mask(f, pf.matrix, warp_face(photo, pf.matrix, size), policy.mask_extent)
+                if policy.pixel_recovery:
+                    _pixel_placement(pf, size, policy.mask_extent)
+                else:
+                    pf.mask = crop_mask(f, pf.matrix, warp_face(photo, pf.matrix, size), policy.mask_extent)
                 if pf.region(hw) is None:
                     raise ValueError("its mask does not reach the photo")
             except ValueError as exc:
@@ -114,6 +120,35 @@ def plan_faces(photo: np.ndarray, faces: Sequence[Face], size: int, policy: Face
             pf.treatment, pf.why = LEFT, "its box lies outside the photo"
         out.append(pf)
     return out
+
+
+def _pixel_placement(pf: PhotoFace, size: int, extent: str) -> None:
+    """Quantized geometry and the template mask: what pixel-only recovery can rebuild from the mark."""
+    from faceveil.models.pixel_geometry import pack, quantize, template_mask
+
+    g = quantize(pf.matrix, size, extent)
+    if g is None:
+        raise ValueError("its scale is outside what a recovery mark can carry")
+    pf.matrix, pf.mask, pf.body = g.matrix(size), template_mask(size, extent), pack(g)
+
+
+def embed_marks(image: np.ndarray, faces: Sequence[PhotoFace], key: SecretKey) -> list[str]:
+    """Seal each pixel-recoverable face's body in its region of ``image`` (in place); the faces too
+    small to carry a mark, as notes."""
+    from faceveil.watermark import embed
+
+    notes = []
+    for f in faces:
+        region = f.region(image.shape[:2]) if f.body is not None else None
+        if region is None:
+            continue
+        inside = np.zeros(image.shape[:2], dtype=bool)
+        inside[region.slices()] = region.inside
+        try:
+            image[...] = embed(image, inside, key, f.body)
+        except InputError:
+            notes.append(f"face {f.index} is too small to carry a recovery mark: only the file's record recovers it")
+    return notes
 
 
 def treatment_summary(faces: Sequence[PhotoFace]) -> str:
@@ -158,6 +193,22 @@ def mark_synthetic(vp: VeiledPhoto) -> None:
             mark_region(vp.image, f.region(vp.image.shape[:2]))
 
 
+@contextlib.contextmanager
+def keyed_region(anonymizer: Anonymizer, bodies: Sequence[bytes | None]) -> Iterator[None]:
+    """Key only the face region for pixel-recoverable faces: the noise outside it cannot be read back
+    from pixels (the photo's own pixels are pasted there), so keying it would make them unrecoverable.
+    The cost: that outside noise is the original's own, steering the face drawn inside (README, threat model)."""
+    pixel = {b is not None for b in bodies}
+    if len(pixel) > 1:
+        raise InputError("pixel-recoverable and ordinary faces cannot share a batch")
+    before = anonymizer.key_region
+    anonymizer.key_region = "mask" if pixel == {True} else before
+    try:
+        yield
+    finally:
+        anonymizer.key_region = before
+
+
 class PhotoAnonymizer:
     """Anonymize and recover whole photos with one :class:`Anonymizer` (crops at its native size)."""
 
@@ -166,6 +217,8 @@ class PhotoAnonymizer:
         self.anonymizer = anonymizer
         self.batch_size = max(1, int(batch_size))
         self.size = native_size(anonymizer.backbone) if anonymizer is not None else 0
+        # (photo index, note) of the last anonymize: what it could not do as asked (faces too small for a mark)
+        self.notes: list[tuple[int, str]] = []
 
     def _crops(self, items: list[tuple[np.ndarray, list[PhotoFace]]]) -> list[_Job]:
         jobs = []
@@ -191,16 +244,22 @@ class PhotoAnonymizer:
             raise InputError("faces planned for the diffusion, but no backbone was loaded")
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start : start + self.batch_size]
-            veiled = self.anonymizer.anonymize(
-                [jobs[j].crops[k] for j, k in chunk], [jobs[j].faces[k].mask for j, k in chunk], key
-            )
+            bodies = [jobs[j].faces[k].body for j, k in chunk]
+            nonces = [pixel_nonce(key, b) if b is not None else new_nonce() for b in bodies]
+            with keyed_region(self.anonymizer, bodies):
+                veiled = self.anonymizer.anonymize(
+                    [jobs[j].crops[k] for j, k in chunk], [jobs[j].faces[k].mask for j, k in chunk], key,
+                    nonces=nonces, allow_caller_nonces=True,
+                )
             for (j, k), v in zip(chunk, veiled):
                 jobs[j].faces[k].veiled = v
         out = []
-        for job in jobs:
+        self.notes = []
+        for n, job in enumerate(jobs):
             image = job.photo.copy()
             for f, r in zip(job.faces, job.regions):
                 paste_face(image, f.veiled.image, f.matrix, r)
+            self.notes += [(n, note) for note in embed_marks(image, job.faces, key)]
             # What recovery rebuilds from the recovered crops, then closed to the photo by the residual.
             rebuilt = job.context
             for f, crop, r in zip(job.faces, job.crops, job.regions):

@@ -364,6 +364,28 @@ class Anonymizer:
         with cpu_threads(threads):
             return self._recover_group(veiled, key, bucket, unet_path)
 
+    def _unkey(self, state: torch.Tensor, mask_lat: torch.Tensor, eps: EpsFn, key: SecretKey, nonces: Sequence[bytes]
+               ) -> tuple[torch.Tensor, np.ndarray]:
+        """Keyed clean-end state -> (recovered state, decoded images): the key's inverse, then sampling."""
+        unkeyed = self.keyed_noise(state, eps, self.key_fn(mask_lat, key, nonces, inverse=True))
+        with self._phase("sample"):
+            out = self.scheme.sample(unkeyed, eps)
+        with self._phase("decode"):
+            return out, self._decode(out)
+
+    @torch.no_grad()
+    def recover_latents(self, latents: torch.Tensor, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                        key: SecretKey, nonces: Sequence[bytes]) -> np.ndarray:
+        """Recover from clean latents found some other way (pixel-only recovery inverts the decoder);
+        ``images`` give the context outside ``masks``. Returns the recovered images (N, H, W, 3)."""
+        self._start(len(images), self._bucket_of(len(images)), anonymize=False, lift=True)
+        with self._phase("condition"):
+            _, _, mask_lat, eps = self._prepare(images, masks)
+        state = self.scheme.lift(latents.to(self.backbone.device, self.backbone.dtype), eps)
+        _, decoded = self._unkey(state, mask_lat, eps, key, nonces)
+        self.meter.finish()
+        return self._paste(decoded, images, masks)
+
     def _recover_group(self, veiled: Sequence[Veiled], key: SecretKey, bucket: int, unet_path: str) -> list[Recovered]:
         """Recover files that share their bucket, UNet path and thread count."""
         images = [v.image for v in veiled]
@@ -378,12 +400,7 @@ class Anonymizer:
             raise ValueError("mix of stripped and intact files in one batch")
         else:
             state = self.scheme.lift(self.encode(to_tensor(images).to(self.backbone.device)), eps)
-        nonces = [v.nonce for v in veiled]
-        unkeyed = self.keyed_noise(state, eps, self.key_fn(mask_lat, key, nonces, inverse=True))
-        with self._phase("sample"):
-            out = self.scheme.sample(unkeyed, eps)
-        with self._phase("decode"):
-            decoded = self._decode(out)
+        out, decoded = self._unkey(state, mask_lat, eps, key, [v.nonce for v in veiled])
         opened: list[bool | None] = [None] * len(veiled)
         with self._phase("residual"):
             for i, v in enumerate(veiled):

@@ -1,4 +1,5 @@
-"""The face-region watermark: right key reads the id, wrong key reads nothing, outside is untouched."""
+"""The face-region watermark: right key reads the body, wrong key reads nothing, outside is untouched,
+and marks are found without a mask in stripped, re-encoded, resized and cropped copies."""
 
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ def test_right_key_reads_the_id(astronaut):
     assert wm.extract(marked, mask, KEY) == RID
 
 
-def test_wrong_key_reads_none_even_with_search(astronaut):
+def test_wrong_key_reads_none(astronaut):
     _, mask, marked = astronaut
-    assert wm.extract(marked, mask, SecretKey(bytes(32)), scales=(1.0, 2.0), max_shift=2) is None
+    assert wm.extract(marked, mask, SecretKey(bytes(32))) is None
 
 
 def test_unmarked_face_reads_none(astronaut):
     image, mask, _ = astronaut
-    assert wm.extract(image, mask, KEY, max_shift=1) is None
+    assert wm.extract(image, mask, KEY) is None
 
 
 def test_only_the_region_changes_and_quietly(astronaut):
@@ -69,20 +70,32 @@ def test_survives_jpeg_at_256_px(astronaut, quality):
     assert wm.extract(_jpeg(marked, quality), mask, KEY) == RID
 
 
-def test_survives_half_resize_with_scale_search(astronaut):
+def test_found_without_a_mask_after_a_half_resize(astronaut):
     _, mask, marked = astronaut
     h, w = mask.shape
     half = cv2.resize(marked, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    half_mask = cv2.resize(mask.astype(np.uint8), (w // 2, h // 2), interpolation=cv2.INTER_NEAREST).astype(bool)
-    assert wm.extract(half, half_mask, KEY) is None  # read at the wrong scale
-    assert wm.extract(half, half_mask, KEY, scales=(1.0, 2.0), max_shift=2) == RID
+    assert wm.find(half, KEY, scales=(1.0,)) == []  # read at the wrong scale
+    [mark] = wm.find(half, KEY, scales=(1.0, 2.0))
+    assert mark.body == RID and mark.scale == 2.0
+    ys, xs = np.nonzero(mask)
+    assert abs(mark.centroid[0] - ys.mean() / 2) < 6 and abs(mark.centroid[1] - xs.mean() / 2) < 6
 
 
-def test_region_refound_off_by_pixels(astronaut):
+@pytest.mark.parametrize("dy,dx", [(13, 29), (40, 3)])
+def test_found_in_a_cropped_jpeg_with_the_tile_lattice(astronaut, dy, dx):
     _, mask, marked = astronaut
-    off = np.roll(mask, (3, -2), axis=(0, 1))
-    assert wm.extract(marked, off, KEY) is None
-    assert wm.extract(marked, off, KEY, max_shift=3) == RID
+    crop = _jpeg(marked[dy:, dx:], 75)
+    [mark] = wm.find(crop, KEY)
+    assert mark.body == RID
+    # Pixel (y, x) of the crop was photo pixel (y + dy, x + dx), at tile pixel (y + dy) % 32, (x + dx) % 64.
+    assert mark.origin == (dy % wm.TILE_PX[0], dx % wm.TILE_PX[1])
+    assert wm.find(crop, KEY, search_grid=False) == []  # the image's own grid no longer fits
+
+
+def test_nothing_found_in_an_unmarked_photo_or_under_another_key(astronaut):
+    image, _, marked = astronaut
+    assert wm.find(image, KEY, scales=(1.0, 2.0)) == []
+    assert wm.find(marked, SecretKey(bytes(32)), scales=(1.0, 2.0)) == []
 
 
 def test_tampered_sealed_bits_fail_authentication():
@@ -110,8 +123,8 @@ def test_placement_covers_every_bit_in_a_small_region():
     image = np.full((200, 200, 3), 128, dtype=np.uint8)
     mask = _region(image, 30, 40, 128)
     table = wm.placement(KEY)
-    cells = wm._blocks_inside(mask, wm._bbox_origin(mask))
-    counts = np.bincount(table.bit[cells[:, 0], cells[:, 1]].ravel(), minlength=wm.PAYLOAD_BITS)
+    bits, _ = wm._slots(table, wm._blocks_inside(mask))
+    counts = np.bincount(bits.ravel(), minlength=wm.PAYLOAD_BITS)
     assert counts.min() >= 2 and wm.capacity(mask) == counts.sum()
     other = wm.placement(SecretKey(bytes(32)))
     assert not np.array_equal(table.bit, other.bit)  # the key decides the placement

@@ -114,6 +114,14 @@ class ObjectiveSection:
     # Recovery with a wrong key must not bring the identity back: relu(cos(wrong-key recovery, original) - margin).
     wrong_key_weight: float = 0.5
     wrong_key_margin: float = 0.0
+    # Pixel recoverability (README "Recovery from the pixels alone"): the anonymized face goes through a
+    # differentiable stand-in for what websites do (kornia's differentiable JPEG at pixel_jpeg_quality,
+    # then a resize by pixel_resize and back) and is encoded again; the loss is that latent's error
+    # against the anonymized latent inside the mask. It is the lossy link of pixel-only recovery:
+    # given the latent, the scheme inverts it with the key as exactly as it does from a file.
+    pixel_weight: float = 0.0
+    pixel_jpeg_quality: float = 75.0
+    pixel_resize: float = 0.5
     # Keys and nonces are derived with SHA-256 from (seed, rank, micro-batch, image), never torch's RNG.
     # None: the seed is drawn once per run from os.urandom and kept only in the checkpoints'
     # train_state.json (never in config.yaml or the logs), so --resume continues bit for bit.
@@ -241,9 +249,13 @@ def check_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{at(key)}: must be > 0, got {value}")
-    for key in ("identity_weight", "prior_weight", "perceptual_weight", "wrong_key_weight"):
+    for key in ("identity_weight", "prior_weight", "perceptual_weight", "wrong_key_weight", "pixel_weight"):
         if getattr(cfg.objective, key) < 0:
             raise ConfigError(f"{at('objective.' + key)}: must be >= 0")
+    if not 1 <= cfg.objective.pixel_jpeg_quality <= 100:
+        raise ConfigError(f"{at('objective.pixel_jpeg_quality')}: must be in [1, 100]")
+    if not 0 < cfg.objective.pixel_resize <= 1:
+        raise ConfigError(f"{at('objective.pixel_resize')}: must be in (0, 1]")
     if cfg.objective.grad_steps > cfg.anonymize.steps:
         raise ConfigError(f"{at('objective.grad_steps')}: K = {cfg.objective.grad_steps} exceeds anonymize.steps = {cfg.anonymize.steps}")
     if cfg.anonymize.scheme == "exact" and cfg.anonymize.steps < 2:

@@ -183,6 +183,13 @@ class VeilModel(nn.Module):
             target = noise
         return F.mse_loss(self.unet_raw(zt, t, cond).float(), target)
 
+    def pixel_loss(self, latent: torch.Tensor, anon: torch.Tensor, mask_px: torch.Tensor) -> torch.Tensor:
+        """How far the anonymized latent moves through a website (see ObjectiveSection.pixel_weight), inside the mask."""
+        seen = website_channel(anon, self.cfg.pixel_jpeg_quality, self.cfg.pixel_resize)
+        again = self.bb.encode(seen.to(self.bb.dtype)).float()
+        m = latent_mask(mask_px, self.bb.vae_factor).float()
+        return (((again - latent) ** 2) * m).sum() / (m.sum() * latent.shape[1]).clamp(min=1) / latent.detach().var().clamp(min=1e-6)
+
     # ------------------------------------------------------------ forward
     def forward(self, kind: str, **kw: Any) -> Any:
         if kind == "eps":
@@ -197,7 +204,8 @@ class VeilModel(nn.Module):
         c = self.cfg
         out: dict[str, torch.Tensor] = {}
         zero = start.new_zeros(())
-        anon = self.faces(self.unroll(start, cond), images, mask_px)
+        anon_latent = self.unroll(start, cond)
+        anon = self.faces(anon_latent, images, mask_px)
         cos = self.identity_cos(anon, landmarks, emb_orig)
         out["identity"] = F.relu(cos - c.identity_margin).mean()
         out["identity_cos"] = cos.detach().mean()
@@ -213,13 +221,33 @@ class VeilModel(nn.Module):
             out["perceptual"] = self.frozen.lpips(anon.float(), images.float()).mean()
         else:
             out["perceptual"] = zero
+        out["pixel"] = self.pixel_loss(anon_latent, anon, mask_px) if c.pixel_weight > 0 else zero
         out["loss"] = (
             c.identity_weight * out["identity"]
             + c.wrong_key_weight * out["wrong_key"]
             + c.prior_weight * out["prior"]
             + c.perceptual_weight * out["perceptual"]
+            + c.pixel_weight * out["pixel"]
         )
         return out
+
+
+def website_channel(images: torch.Tensor, quality: float, resize: float) -> torch.Tensor:
+    """A differentiable stand-in for re-encoding (JPEG at ``quality``) and resizing (by ``resize`` and
+    back) of (B, 3, H, W) images in [-1, 1]."""
+    import kornia
+
+    x = (images.float() + 1) / 2
+    b, _, h, w = x.shape
+    # kornia's JPEG works on sides that are multiples of 16.
+    ph, pw = -h % 16, -w % 16
+    padded = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    q = torch.full((b,), float(quality), device=x.device)
+    x = kornia.enhance.jpeg_codec_differentiable(padded, q)[..., :h, :w]
+    if resize < 1:
+        small = F.interpolate(x, scale_factor=resize, mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    return x.clamp(0, 1) * 2 - 1
 
 
 _PARAMS_CACHE: dict[type, tuple[str, ...]] = {}

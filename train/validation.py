@@ -13,6 +13,8 @@ back, recover with the right key and with a wrong one (``force``), and measure
 - ``val/identity_cos``: cosine of the training identity network's embeddings, anonymized
   (read back from its file) vs original;
 - ``val/wrong_key_cos`` / ``val/recovered_cos``: the same for the wrong-key and right-key recoveries;
+- ``val/pixel_psnr`` / ``val/pixel_cos``: recovery from a JPEG-75 copy's pixels alone (re-encoded, no
+  record), mean dB and identity cosine;
 - with a dlib judge: ``val/dlib_cos`` (cosine of dlib's descriptors, anonymized vs original) and
   ``val/dlib_distance`` (dlib's own unit, the Euclidean distance; below 0.6 dlib calls two faces
   one person).
@@ -66,6 +68,16 @@ def _dlib(judge: Any, anon: np.ndarray, images: np.ndarray) -> dict[str, float]:
     return {"val/dlib_cos": float(cosine_similarity(a, o).nanmean()), "val/dlib_distance": float(euclidean_distance(a, o).nanmean())}
 
 
+def jpeg_copy(image: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return np.ascontiguousarray(np.asarray(Image.open(buf).convert("RGB")))
+
+
 def make_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Rows of images: ``columns[j][i]`` is row i, column j (uint8 (B, H, W, 3) each)."""
     b, h, w, _ = columns[0].shape
@@ -98,6 +110,9 @@ def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], set
         # The model's own way back (the files open exactly without it: val/file_exact).
         recovered = anonymizer.recover(veiled, key)
         wrong_rec = anonymizer.recover(veiled, wrong, force=True)
+        # Pixels only: a JPEG-75 copy, re-encoded (what objective.pixel_weight trains for).
+        copies = [dataclasses.replace(v, image=jpeg_copy(v.image, 75), state=None, sealed_residual=None) for v in veiled]
+        from_pixels = np.stack([r.image for r in anonymizer.recover(copies, key)])
     anon = np.stack([vf.image for vf in read])
     rec = np.stack([r.image for r in recovered])
     wimg = np.stack([r.image for r in wrong_rec])
@@ -112,6 +127,8 @@ def validate(backbone: Backbone, identity: nn.Module, batch: dict[str, Any], set
         "val/identity_cos": _cos(identity, anon, landmarks, ref),
         "val/wrong_key_cos": _cos(identity, wimg, landmarks, ref),
         "val/recovered_cos": _cos(identity, rec, landmarks, ref),
+        "val/pixel_psnr": float(np.mean([psnr(from_pixels[i], images[i]) for i in range(len(images))])) if len(images) else math.nan,
+        "val/pixel_cos": _cos(identity, from_pixels, landmarks, ref),
     }
     if dlib is not None:
         metrics.update(_dlib(dlib, anon, images))

@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_face_args(g)
     g.add_argument("--mark", action="store_true",
                    help="draw a magenta edge just inside each synthetic face, so that viewers can tell (recovered exactly)")
+    g.add_argument("--pixel-recovery", action="store_true",
+                   help="also let copies without the file's record (stripped, re-encoded, resized, cropped) recover "
+                   "approximately with the key: a keyed watermark in each face, template masks (not landmark-fitted), "
+                   "the key on the face region only; see README 'Recovery from the pixels alone'")
     g.add_argument("--keep-faceless", action="store_true", help="write photos without a face unchanged (as PNG without metadata)")
     g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger photos (default {DEFAULT_MAX_PIXELS}: what a file can hold; $FACEVEIL_MAX_PIXELS)")
     a = p.add_argument_group("aligned crops")

@@ -85,6 +85,8 @@ def run_photos(args: argparse.Namespace) -> int:
             for it in pending:
                 report.fail(it.src, exc)
             veiled = []
+        for i, note in photos.notes:
+            report.note(f"{pending[i].src}: {note}")
         for it, vp in zip(pending, veiled):
             if args.mark:
                 mark_synthetic(vp)

@@ -47,7 +47,8 @@ def add_face_args(g: argparse._ArgumentGroup) -> None:
 def face_policy(args: argparse.Namespace):
     from faceveil.data.photo_detect import FacePolicy
 
-    return FacePolicy(args.method, args.cover, args.min_face, args.leave_small, args.faces, args.mask_extent)
+    return FacePolicy(args.method, args.cover, args.min_face, args.leave_small, args.faces, args.mask_extent,
+                      pixel_recovery=getattr(args, "pixel_recovery", False))
 
 
 def hand_regions(args: argparse.Namespace) -> list[np.ndarray]:

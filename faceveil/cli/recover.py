@@ -15,6 +15,8 @@ from pathlib import Path
 from faceveil.cli.common import (
     Report,
     add_model_args,
+    add_scheme_args,
+    positive_int,
     check_output_folder,
     batches_by,
     find_mask,
@@ -52,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recover version 1 files (their pixels and settings were never authenticated)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_model_args(p, backbone_default=None)
+    add_scheme_args(p)
+    g = p.add_argument_group("copies without a record (pixel-only recovery of --pixel-recovery faces)")
+    g.add_argument("--scales", default="1,2", metavar="S[,S...]",
+                   help="resize factors to search for marks: 2 reads a copy shrunk to 1/2 (default 1,2)")
+    g.add_argument("--inversion-steps", type=positive_int, default=200,
+                   help="decoder inversion steps per face (default 200; more is slower and closer)")
     # Version 3 files open without torch; the thread count is set when a version 1/2 file needs the model.
     p.set_defaults(func=run, threads_on_demand=True)
 
@@ -196,11 +204,11 @@ def run(args: argparse.Namespace) -> int:
     if args.record is not None and len(pairs) != 1:
         report.fail(args.record, "--record names the sidecar of one image; give exactly one input")
         return report.finish("recovered", args.output)
-    legacy = []
+    legacy, pixels = [], []
     taken = {dst.resolve() for _, dst in pairs}
     for src, dst in pairs:
         if not is_v3(src, args.record):
-            legacy.append((src, dst))
+            (pixels if args.meta is None and has_no_record(src) else legacy).append((src, dst))
             continue
         try:
             recover_v3(src, dst, args, key, report, taken)
@@ -213,7 +221,22 @@ def run(args: argparse.Namespace) -> int:
         legacy = []
     if legacy:
         recover_legacy(args, key, legacy, report)
+    if pixels:
+        from faceveil.cli.recover_pixels import recover_pixel_files
+
+        recover_pixel_files(args, key, pixels, report)
     return report.finish("recovered", args.output)
+
+
+def has_no_record(src: Path) -> bool:
+    """No faceveil header at all (stripped, re-encoded or any other image): only its pixels can say more."""
+    from faceveil.errors import FormatError
+    from faceveil.fileformat import read_header
+
+    try:
+        return read_header(src) is None
+    except (FormatError, OSError):
+        return False  # a damaged faceveil file: the legacy path names what is wrong
 
 
 def recover_legacy(args: argparse.Namespace, key, legacy: list[tuple[Path, Path]], report: Report) -> None:

@@ -1,0 +1,63 @@
+"""Recover images that carry no faceveil record from their pixels: ``faceveil recover`` on a copy.
+
+Faces anonymized with ``--pixel-recovery`` carry a keyed watermark; this finds them, inverts them
+with the model and the key and writes the photo with the faces restored, approximately. An image
+with no mark under the key fails with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+from faceveil.cli.common import Report, Writer, load_backbone_for_cli, progress, quiet_libraries, resolve_device, resolve_dtype, resolve_settings
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    from faceveil.errors import InputError
+
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or any(not 0.25 <= s <= 8 for s in scales):
+        raise InputError(f"--scales takes factors between 0.25 and 8, comma-separated, not {text[:40]!r}")
+    return scales
+
+
+def recover_pixel_files(args: argparse.Namespace, key, pairs: list[tuple[Path, Path]], report: Report) -> None:
+    from faceveil.cli.common import apply_threads
+    from faceveil.data.images import save_image
+    from faceveil.data.photo_io import load_photo
+    from faceveil.errors import FaceveilError
+    from faceveil.machine import default_backbone
+    from faceveil.models.pipeline import Anonymizer
+    from faceveil.models.pixel_recovery import PixelRecoverer
+
+    apply_threads(args.threads)
+    quiet_libraries()
+    scales = parse_scales(args.scales)
+    device = resolve_device(args.device)
+    backbone = load_backbone_for_cli(args.backbone or default_backbone(), device, resolve_dtype(args.dtype, device))
+    recoverer = PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
+    writer = Writer(report)
+    bar = progress(len(pairs), "recover from pixels")
+    for src, dst in pairs:
+        bar.set_postfix_str(f"searching {src.name}")
+        try:
+            result = recoverer.recover(load_photo(src), key, scales)
+        except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
+            report.fail(src, exc)
+            bar.update(1)
+            continue
+        if result is None:
+            report.fail(src, "no faceveil record, and no face marked under this key in its pixels (not anonymized with "
+                             "--pixel-recovery, another key, or too damaged); nothing to recover")
+        else:
+            report.note(f"{src}: {result.summary()}")
+            # A recovered photo is as private as the key.
+            writer.submit(src, functools.partial(save_image, mode=0o600), dst, result.image)
+        bar.update(1)
+    writer.close()
+    bar.close()
