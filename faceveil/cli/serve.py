@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"files per request (default {DEFAULT_MAX_FILES})")
     p.add_argument("--queue", type=positive_int, default=4, help="jobs that may wait behind the running one (default 4); "
                    "more are refused until one is done")
+    g = p.add_argument_group("copies without a record (pixel-only recovery), as for recover")
+    g.add_argument("--scales", default="1,2", metavar="S[,S...]",
+                   help="resize factors to search for marks: 2 reads a copy shrunk to 1/2 (default 1,2)")
+    g.add_argument("--inversion-steps", type=positive_int, default=200,
+                   help="decoder inversion steps per face (default 200; more is slower and closer)")
     add_scheme_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
@@ -74,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     # Upload spools, caches and libraries' own files too (onnxruntime writes $TMPDIR/.ses at import):
     # one private folder for everything, removed at exit.
     tempfile.tempdir = os.environ["TMPDIR"] = str(workdir)
+    from faceveil.cli.recover_pixels import parse_scales
+
     engine = Engine(args.backbone, args.device, args.dtype, args.batch_size, args.scheme, args.steps, args.transform,
-                    threads=args.threads)
+                    threads=args.threads, inversion_steps=args.inversion_steps, scales=parse_scales(args.scales))
     config = ServerConfig(host=args.host, token=token, workdir=workdir, max_waiting=args.queue, backbone=args.backbone,
                           limits=Limits(args.max_upload_mb, args.max_pixels, args.max_files))
     jobs = JobQueue(args.queue)

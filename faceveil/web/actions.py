@@ -30,6 +30,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".m
 RECORD_SUFFIX = ".fvrec"
 VIDEO_NOT_SUPPORTED = "video is not supported yet; this version of the page takes photos only"
 NO_RECORD = "no faceveil record in this file; pixel-only recovery is not available"
+NO_MARK = ("no faceveil record in this file, and no face marked under this key in its pixels (not anonymized with "
+           "pixel recovery, another key, or too damaged); nothing to recover")
 EXACT = "exact (checked against the sealed digest)"
 PREVIEW_SIDE = 1600  # the longest side of the photo previews the page draws boxes on
 OUTPUT_FORMATS = {"png": ("embedded", ".png"), "jpg": ("sidecar", ".jpg")}
@@ -100,13 +102,15 @@ class PhotoOptions:
     output: str = "png"  # png: record embedded; jpg: JPEG + NAME.jpg.fvrec
     mark: bool = False
     keep_original_file: bool = False  # also seal the uploaded file's bytes (EXIF and all)
+    pixel_recovery: bool = False  # a keyed mark in each face: copies without the record recover approximately
 
     def policy(self):  # -> FacePolicy
         from faceveil.data.photo_detect import FacePolicy
 
         if not 0 <= self.min_face <= 10_000:
             raise InputError("the smallest face for the diffusion must be between 0 and 10000 px")
-        return FacePolicy(self.method, self.cover, self.min_face, mask_extent=self.mask_extent)
+        return FacePolicy(self.method, self.cover, self.min_face, mask_extent=self.mask_extent,
+                          pixel_recovery=self.pixel_recovery)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_FORMATS:
@@ -212,10 +216,12 @@ class Engine:
 
     def __init__(self, backbone: str, device: str = "auto", dtype: str = "auto", batch_size: int = 4,
                  scheme: str | None = None, steps: int | None = None, transform: str | None = None,
-                 detector: str = "centerface", threads: int | None = None) -> None:
+                 detector: str = "centerface", threads: int | None = None, inversion_steps: int = 200,
+                 scales: tuple[float, ...] = (1.0, 2.0)) -> None:
         self.spec, self.device, self.dtype = backbone, device, dtype
         self.batch_size, self.detector, self.threads = int(batch_size), detector, threads
         self.scheme, self.steps, self.transform = scheme, steps, transform
+        self.inversion_steps, self.scales = int(inversion_steps), tuple(scales)  # pixel-only recovery
         self._backbone = None
 
     def backbone(self):
@@ -245,6 +251,14 @@ class Engine:
             return PhotoAnonymizer(Anonymizer(bb, resolve_settings(self._settings_args, bb), on_progress=on_faces), self.batch_size)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+
+    def pixel_recoverer(self):  # -> PixelRecoverer
+        from faceveil.cli.common import resolve_settings
+        from faceveil.models.pipeline import Anonymizer
+        from faceveil.models.pixel_recovery import PixelRecoverer
+
+        bb = self.backbone()
+        return PixelRecoverer(Anonymizer(bb, resolve_settings(self._settings_args, bb)), self.inversion_steps)
 
     def finder(self, size: int, policy):  # -> PhotoFinder
         from faceveil.models.photo_api import PhotoFinder
@@ -364,6 +378,7 @@ def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input:
             try:
                 image, path = _load(up, ws, max_pixels)
                 [vp] = photos.anonymize([(image, faces)], key)
+                notes = [note for _, note in getattr(photos, "notes", [])]
                 if options.mark:
                     mark_synthetic(vp)
                 job.progress(f"writing {up.label}")
@@ -377,7 +392,7 @@ def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input:
                                               sidecar_path(out).read_bytes()))
                 before, _ = _preview_jpeg(image)
                 items[i].update(files=files, before=job.add_file(download_name(up.name, ".jpg", ".before"), "image/jpeg", before, preview=True),
-                                summary=treatment_summary(vp.faces), faces=face_entries(vp.faces),
+                                summary="; ".join([treatment_summary(vp.faces), *notes]), faces=face_entries(vp.faces),
                                 left=any(f.treatment == LEFT for f in vp.faces))
             except (FaceveilError, OSError, ValueError, RuntimeError) as exc:
                 items[i]["error"] = _said(exc, path, up)
@@ -405,10 +420,28 @@ def recover_video(path: Path, key: SecretKey) -> Recovered:
     raise InputError(VIDEO_NOT_SUPPORTED)
 
 
-def recover_one(path: Path, key: SecretKey) -> Recovered:
+def recover_pixels(path: Path, key: SecretKey, engine: Engine | None, max_pixels: int) -> Recovered:
+    """A copy without its record (stripped, re-encoded, resized, cropped): the faces that carry a
+    mark under ``key`` are found and recovered through the model, approximately."""
+    from faceveil.data.photo_io import load_photo
+    from faceveil.watermark import find
+
+    if engine is None:
+        raise FormatError(NO_RECORD)
+    image = load_photo(path, max_pixels, allow_anonymized=True)
+    if not find(image, key, engine.scales):  # before loading a model for nothing
+        raise FormatError(NO_MARK)
+    result = engine.pixel_recoverer().recover(image, key, engine.scales)
+    if result is None:
+        raise FormatError(NO_MARK)
+    return Recovered(result.image, False, result.summary())
+
+
+def recover_one(path: Path, key: SecretKey, engine: Engine | None = None, max_pixels: int | None = None) -> Recovered:
     """Every recovery of the page: a version 3 file (record embedded, or a ``.fvrec`` beside it)
     opens with the key alone and is checked against the sealed digest of the original; a file
-    without a record would need pixel-only recovery."""
+    without a record goes to pixel-only recovery (:func:`recover_pixels`), which needs ``engine``."""
+    from faceveil.data.photo_io import DEFAULT_MAX_PIXELS
     from faceveil.fileformat.original import file_version, has_sidecar, open_original
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
@@ -424,7 +457,7 @@ def recover_one(path: Path, key: SecretKey) -> Recovered:
             how = "approximate"
         return Recovered(o.image, o.exact, how, o.original_file, o.original_suffix)
     if version is None:
-        raise FormatError(NO_RECORD)
+        return recover_pixels(path, key, engine, max_pixels or DEFAULT_MAX_PIXELS)
     raise FormatError(f"a version {escape(version)} file: recover it with 'faceveil recover' (it replays the model that made it)")
 
 
@@ -447,7 +480,8 @@ def _put_pair(ws: Workspace, up: Upload, record: Upload | None) -> Path:
     return path
 
 
-def recover_uploads(job, uploads: Sequence[Upload], key_input: KeyInput, workdir: Path | None) -> dict:
+def recover_uploads(job, engine: Engine | None, uploads: Sequence[Upload], key_input: KeyInput, max_pixels: int,
+                    workdir: Path | None) -> dict:
     """The original of each file, and whether it is exact, in one line each."""
     pairs = pair_records(uploads)
     job.progress("deriving the key", 0, len(pairs))
@@ -460,7 +494,7 @@ def recover_uploads(job, uploads: Sequence[Upload], key_input: KeyInput, workdir
             item: dict = {"index": i, "name": up.label}
             try:
                 path = _put_pair(ws, up, record)
-                r = recover_one(path, key)
+                r = recover_one(path, key, engine, max_pixels)
                 item.update(exact=r.exact, status=r.how,
                             file=job.add_file(download_name(up.name, ".png", ".recovered"), "image/png", _png(r.image)))
                 if r.original_file is not None:

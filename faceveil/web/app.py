@@ -197,7 +197,7 @@ def _options(fields: dict[str, str]) -> actions.PhotoOptions:
     doc = _json_field(fields, "options") or {}
     if not isinstance(doc, dict):
         raise InputError("options: expected a JSON object")
-    known = {"method", "cover", "mask_extent", "min_face", "output", "mark", "keep_original_file"}
+    known = {"method", "cover", "mask_extent", "min_face", "output", "mark", "keep_original_file", "pixel_recovery"}
     unknown = set(doc) - known
     if unknown:
         raise InputError(f"options: unknown {escape(sorted(unknown)[0])!r}")
@@ -206,7 +206,7 @@ def _options(fields: dict[str, str]) -> actions.PhotoOptions:
             method=str(doc.get("method", "diffusion")), cover=str(doc.get("cover", "blur")),
             mask_extent=str(doc.get("mask_extent", "face")), min_face=float(doc.get("min_face", 20)),
             output=str(doc.get("output", "png")), mark=bool(doc.get("mark", False)),
-            keep_original_file=bool(doc.get("keep_original_file", False)))
+            keep_original_file=bool(doc.get("keep_original_file", False)), pixel_recovery=bool(doc.get("pixel_recovery", False)))
     except (TypeError, ValueError):
         raise InputError("options: min_face must be a number") from None
 
@@ -266,7 +266,7 @@ def create_app(config: ServerConfig | None = None, engine: actions.Engine | None
         from faceveil.data.photo_mask import MASK_EXTENTS
 
         return {"version": __version__, "backbone": engine.spec, "methods": list(METHODS), "covers": list(COVERS),
-                "mask_extents": list(MASK_EXTENTS), "outputs": list(actions.OUTPUT_FORMATS), "video": False,
+                "mask_extents": list(MASK_EXTENTS), "outputs": list(actions.OUTPUT_FORMATS), "video": False, "pixel_recovery": True,
                 "max_upload_mb": limits.max_upload_mb, "max_pixels": limits.max_pixels, "max_files": limits.max_files}
 
     @app.post("/api/keygen")
@@ -311,7 +311,8 @@ def create_app(config: ServerConfig | None = None, engine: actions.Engine | None
         uploads, fields = await _read_form(request, limits)
         need_files(uploads)
         key_input = _key_input(fields)
-        return started(jobs.submit("recover", lambda job: actions.recover_uploads(job, uploads, key_input, config.workdir)))
+        return started(jobs.submit("recover", lambda job: actions.recover_uploads(
+            job, engine, uploads, key_input, limits.max_pixels, config.workdir)))
 
     @app.post("/api/verify")
     async def verify(request: Request) -> JSONResponse:

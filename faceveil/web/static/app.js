@@ -210,6 +210,7 @@ function options() {
   return JSON.stringify({
     method: $("method").value, mask_extent: $("mask-extent").value, cover: $("cover").value,
     output: $("output").value, mark: $("mark").checked, keep_original_file: $("keep-original").checked,
+    pixel_recovery: $("pixel-recovery").checked,
   });
 }
 
