@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "any other needs --token)")
     p.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
     p.add_argument("--token", default=None, help=f"a secret every request must carry (at least {MIN_TOKEN} characters; "
-                   f"default ${TOKEN_ENV}); open the printed address once and the page keeps it in a cookie")
+                   f"default ${TOKEN_ENV}, which other users cannot see in ps); open the printed address once and the "
+                   "page keeps it in a cookie")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"the most one request may upload, all files together (default {DEFAULT_MAX_UPLOAD_MB})")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.cli.recover_pixels import parse_scales
 
     engine = Engine(args.backbone, args.device, args.dtype, args.batch_size, args.scheme, args.steps, args.transform,
-                    threads=args.threads, inversion_steps=args.inversion_steps, scales=parse_scales(args.scales))
+                    threads=args.threads, inversion_steps=args.inversion_steps, scales=parse_scales(args.scales),
+                    compile_unet=args.compile)
     config = ServerConfig(host=args.host, token=token, workdir=workdir, max_waiting=args.queue, backbone=args.backbone,
                           limits=Limits(args.max_upload_mb, args.max_pixels, args.max_files))
     jobs = JobQueue(args.queue)

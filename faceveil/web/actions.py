@@ -217,11 +217,12 @@ class Engine:
     def __init__(self, backbone: str, device: str = "auto", dtype: str = "auto", batch_size: int = 4,
                  scheme: str | None = None, steps: int | None = None, transform: str | None = None,
                  detector: str = "centerface", threads: int | None = None, inversion_steps: int = 200,
-                 scales: tuple[float, ...] = (1.0, 2.0)) -> None:
+                 scales: tuple[float, ...] = (1.0, 2.0), compile_unet: bool = False) -> None:
         self.spec, self.device, self.dtype = backbone, device, dtype
         self.batch_size, self.detector, self.threads = int(batch_size), detector, threads
         self.scheme, self.steps, self.transform = scheme, steps, transform
         self.inversion_steps, self.scales = int(inversion_steps), tuple(scales)  # pixel-only recovery
+        self.compile_unet = compile_unet
         self._backbone = None
 
     def backbone(self):
@@ -248,7 +249,9 @@ class Engine:
 
         bb = self.backbone()
         try:
-            return PhotoAnonymizer(Anonymizer(bb, resolve_settings(self._settings_args, bb), on_progress=on_faces), self.batch_size)
+            anonymizer = Anonymizer(bb, resolve_settings(self._settings_args, bb), on_progress=on_faces,
+                                    compile_unet=self.compile_unet)
+            return PhotoAnonymizer(anonymizer, self.batch_size)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -523,7 +526,8 @@ def verify_one(path: Path, key: SecretKey) -> tuple[str, str]:
         return "edited", f"edited since it was anonymized: {exc}"
     except FormatError as exc:
         if "no faceveil record" in str(exc) or "no faceveil metadata" in str(exc):
-            return "no record", "no faceveil record in this file (not a faceveil file, or stripped or re-encoded)"
+            return "no record", ("no faceveil record in this file (not a faceveil file, or stripped or re-encoded); "
+                                 "Recover still finds faces marked for pixel recovery in it")
         return "unreadable", str(exc)
 
 
