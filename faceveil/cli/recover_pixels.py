@@ -35,25 +35,35 @@ def recover_pixel_files(args: argparse.Namespace, key, pairs: list[tuple[Path, P
     from faceveil.models.pipeline import Anonymizer
     from faceveil.models.pixel_recovery import PixelRecoverer
 
+    from faceveil.watermark import find
+
     apply_threads(args.threads)
     quiet_libraries()
     scales = parse_scales(args.scales)
-    device = resolve_device(args.device)
-    backbone = load_backbone_for_cli(args.backbone or default_backbone(), device, resolve_dtype(args.dtype, device))
-    recoverer = PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
+    recoverer = None  # the model loads for the first copy that carries a mark, not for one that does not
     writer = Writer(report)
     bar = progress(len(pairs), "recover from pixels")
     for src, dst in pairs:
         bar.set_postfix_str(f"searching {src.name}")
         try:
-            result = recoverer.recover(load_photo(src), key, scales)
+            image = load_photo(src)
+            if find(image, key, scales):
+                if recoverer is None:
+                    device = resolve_device(args.device)
+                    backbone = load_backbone_for_cli(args.backbone or default_backbone(), device,
+                                                     resolve_dtype(args.dtype, device))
+                    recoverer = PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
+                result = recoverer.recover(image, key, scales)
+            else:
+                result = None
         except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
             report.fail(src, exc)
             bar.update(1)
             continue
         if result is None:
-            report.fail(src, "no faceveil record, and no face marked under this key in its pixels (not anonymized with "
-                             "--pixel-recovery, another key, or too damaged); nothing to recover")
+            report.fail(src, "no faceveil record (stripped or re-encoded? an image published with --record sidecar needs "
+                             "its NAME.fvrec beside it), and no face marked under this key in its pixels (not anonymized "
+                             "with --pixel-recovery, another key, or too damaged); nothing to recover")
         else:
             report.note(f"{src}: {result.summary()}")
             # A recovered photo is as private as the key.
