@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from faceveil.errors import ConfigError
+from faceveil.errors import ConfigError, FaceveilError
 from faceveil.evaluate.config import EvalConfig, digest
 from faceveil.evaluate.context import Context
 from faceveil.evaluate.faces import EvalFace, Notes
@@ -86,6 +86,29 @@ def select_faces(cfg: EvalConfig, faces: list[EvalFace], specs: list | None, not
     return by_id, pairs, probes, refs
 
 
+def held_out_faces(cfg: EvalConfig, faces: list[EvalFace], notes: Notes) -> list[EvalFace]:
+    """With trained adapters (``ours-adapters``), only the faces their training held out: scores on
+    training identities would measure memory, not anonymization. Every method runs on the same faces."""
+    if "ours-adapters" not in cfg.methods or not cfg.model.adapter:
+        return faces
+    from faceveil.data.splits import held_out
+    from faceveil.models.backbones import read_manifest
+
+    try:
+        fraction = (read_manifest(Path(cfg.model.adapter)).get("training") or {}).get("val_holdout")
+    except (OSError, ValueError, FaceveilError):
+        fraction = None
+    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        notes.note("the adapters' export does not say which faces its training held out: scores may include training identities")
+        return faces
+    kept = [f for f in faces if held_out({"label": f.label, "source": f.source, "key": f.id}, float(fraction))]
+    if not kept:
+        raise ConfigError(f"none of the {len(faces)} faces was held out of the adapters' training (val_holdout {fraction}); "
+                          "evaluate on other data (data.source)")
+    notes.note(f"evaluated on the {len(kept)} of {len(faces)} faces held out of the adapters' training (val_holdout {fraction})")
+    return kept
+
+
 def prepare_context(cfg: EvalConfig, out: Path, notes: Notes, key: Any, device: Any, dtype: Any) -> tuple[Context, int]:
     """Load the faces and pairs, the judges, LPIPS and the detector, and embed the clean faces: the run's
     context, and how many usable faces were found."""
@@ -101,7 +124,7 @@ def prepare_context(cfg: EvalConfig, out: Path, notes: Notes, key: Any, device: 
     if specs is not None and cfg.data.only_pairs and cfg.data.source in ("folder", "aligned"):
         wanted = {s.first for s in specs} | {s.second for s in specs}
     face_dir = out / "cache" / f"faces-{digest(cfg.data, sorted(wanted) if wanted else None)}"
-    faces = load_faces(cfg.data, face_dir, notes, wanted, cfg.progress)
+    faces = held_out_faces(cfg, load_faces(cfg.data, face_dir, notes, wanted, cfg.progress), notes)
     by_id, pairs, probes, refs = select_faces(cfg, faces, specs, notes)
 
     judges = load_judges(cfg.metrics.recognizers, notes, cfg.metrics.skip_unavailable, device=str(device))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from faceveil.evaluate.config import load_eval_config
 from faceveil.evaluate.exports import adapter_settings, apply_training_size
 from faceveil.evaluate.faces import Notes
@@ -35,3 +37,33 @@ def test_the_shipped_configs_evaluate_sd2_at_its_training_size():
     notes = Notes()
     apply_training_size(off, notes)
     assert notes.messages == ["model.backbone sd2-inpaint was trained at 512 px but runs at data.size 256 px"]
+
+
+def test_trained_adapters_are_scored_on_held_out_faces_only(tmp_path):
+    """ours-adapters must not score the identities its training saw: the export records its split."""
+    import json
+
+    import numpy as np
+
+    from faceveil.data.splits import held_out
+    from faceveil.errors import ConfigError
+    from faceveil.evaluate.faces import EvalFace, Notes
+    from faceveil.evaluate.setup import held_out_faces
+
+    export = tmp_path / "export"
+    export.mkdir()
+    faces = [EvalFace(f"f{i}", np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), label=f"person{i // 2}") for i in range(16)]
+    cfg = load_eval_config(resolve_config_path("tiny.yaml"), [f"model.adapter={export}"])
+    (export / "faceveil.json").write_text(json.dumps({"training": {"val_holdout": 0.25}}))
+    notes = Notes()
+    kept = held_out_faces(cfg, faces, notes)
+    want = [f for f in faces if held_out({"label": f.label}, 0.25)]
+    assert kept == want and 0 < len(kept) < len(faces)
+    assert all(f.label == g.label for f, g in zip(kept[::2], kept[1::2]))  # a person is in or out, never split
+    assert any("held out" in n for n in notes.messages)
+    (export / "faceveil.json").write_text(json.dumps({"training": {"val_holdout": 1e-9}}))
+    with pytest.raises(ConfigError, match="none of the 16 faces"):
+        held_out_faces(cfg, faces, Notes())
+    (export / "faceveil.json").write_text(json.dumps({"training": {}}))
+    notes = Notes()
+    assert held_out_faces(cfg, faces, notes) == faces and any("may include training identities" in n for n in notes.messages)

@@ -290,3 +290,44 @@ def test_objective_runs_without_inpainting_conditioning():
     out = model("losses", **Objective(cfg, frozen, settings).training_inputs(model, Batch(images, mask, None), keys, nonces))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in params)
+
+
+def test_website_channel_is_differentiable_and_close_to_a_real_jpeg():
+    """The pixel loss's stand-in: gradients reach the input, and its output is nearer a real JPEG-75 round trip
+    than the input was (it models the loss, not an identity map)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from faceveil.data.samples import sample_face
+    from faceveil.train.objective import website_channel
+
+    face = sample_face("astronaut")[:120, :120]  # not a multiple of 16: padded inside
+    x = (torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1).requires_grad_(True)
+    out = website_channel(x, 75.0, 1.0)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad is not None and x.grad.abs().sum() > 0
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, "JPEG", quality=75)
+    real = torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert (out.detach() - real).abs().mean() < (x.detach() - real).abs().mean()
+    half = website_channel(x.detach(), 100.0, 0.5)
+    assert (half - x.detach()).abs().mean() > 0.005  # the resize removes detail
+
+
+def test_pixel_loss_reaches_the_unet():
+    """The loss runs through the unrolled sampling: its gradient reaches the UNet (the adapter, in training)."""
+    bb = build_backbone("tiny")
+    bb.unet.requires_grad_(True)
+    settings = Settings("exact", 3, "shuffle")
+    state, cond, _, _ = _noise_state(bb, settings, b=1)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    model = _model(bb, settings, unroll="full", pixel_weight=1.0)
+    latent = model.unroll(state, cond)
+    loss = model.pixel_loss(latent, model.faces(latent, images, mask), mask)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.unet.parameters())

@@ -14,7 +14,8 @@ from faceveil.models.pipeline import Settings
 from faceveil.train.config_schema import ObjectiveSection
 from faceveil.train.lora import add_lora, lora_config
 from faceveil.train.objective import Batch, Frozen, Objective, VeilModel, draw_keys
-from faceveil.train.validation import held_out, identity_group, validate
+from faceveil.data.splits import held_out, identity_group
+from faceveil.train.validation import validate
 
 SIZE = 64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -144,7 +144,7 @@ class DataSection:
     resume: str = "skip"
     # Validation images: the first val_images faces of val_shards; with val_shards unset, of the
     # faces held out of training: the identities (labels; the source photo for unlabelled faces)
-    # whose fixed hash falls below val_holdout (faceveil.train.validation.held_out).
+    # whose fixed hash falls below val_holdout (faceveil.data.splits.held_out).
     val_shards: str | None = None
     val_holdout: float = 0.25
     val_images: int = 4

@@ -155,6 +155,8 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             "image_size": cfg.data.image_size,
             "prompt_embeds": PROMPT_EMBEDS if base.prompt_embeds is not None else None,
             "training": {
+                # Evaluation scores only the faces training held out (faceveil.data.splits.held_out).
+                "val_holdout": cfg.data.val_holdout,
                 "checkpoint": ckpt.name,
                 "step": state.get("step"),
                 "images_seen": state.get("images"),

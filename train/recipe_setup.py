@@ -179,7 +179,7 @@ class RecipeSetup:
         import torch
 
         from faceveil.data.loader import make_loader
-        from faceveil.train.validation import held_out
+        from faceveil.data.splits import held_out
 
         cfg, acc, factor = self.cfg, self.accelerator, self.backbone.vae_factor
         shards = rt.resolve_shards(cfg.data.shards, cfg.data.image_size, acc)

@@ -25,7 +25,6 @@ It also returns the image grid, one row per face: original | anonymized | recove
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import tempfile
 from pathlib import Path
@@ -41,17 +40,6 @@ from faceveil.models.pipeline import Anonymizer, Settings, psnr, to_tensor, to_u
 from faceveil.train.objective import draw_keys, eval_mode
 
 GRID_COLUMNS = ("original", "anonymized", "recovered", "wrong key")
-
-
-def identity_group(sample: dict[str, Any]) -> str:
-    """What a face is held out by: its identity label, else its source photo, else its sample key."""
-    return str(sample.get("label") or sample.get("source") or sample.get("key") or sample.get("__key__", ""))
-
-
-def held_out(sample: dict[str, Any], fraction: float) -> bool:
-    """Whether a face belongs to the validation split: a fixed hash of its identity group below ``fraction``."""
-    digest = hashlib.sha256(b"faceveil/holdout\0" + identity_group(sample).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def _cos(identity: nn.Module, images: np.ndarray, landmarks: torch.Tensor | None, ref: torch.Tensor) -> float:
