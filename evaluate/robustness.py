@@ -26,7 +26,6 @@ figures head the table: recovery must beat them to have recovered anything.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -35,42 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from faceveil.evaluate.distortions import half_and_back, jpeg, png
 
 CONDITIONS = ("untouched", "stripped_png", "jpeg95", "jpeg75", "jpeg50", "half_and_back")
 PHOTOS = ("astronaut", "grace_hopper")
 SEED = 1234  # the published method's key: a seed
 
 
-def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    def f(image: np.ndarray) -> np.ndarray:
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, "JPEG", quality=quality)
-        return np.asarray(Image.open(buf).convert("RGB"))
-
-    return f
-
-
-def _png(image: np.ndarray) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return np.asarray(Image.open(buf).convert("RGB"))
-
-
-def _half_and_back(image: np.ndarray) -> np.ndarray:
-    import cv2
-
-    h, w = image.shape[:2]
-    return cv2.resize(cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_CUBIC)
-
-
 DISTORT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "untouched": lambda a: a.copy(),
-    "stripped_png": _png,
-    "jpeg95": _jpeg(95),
-    "jpeg75": _jpeg(75),
-    "jpeg50": _jpeg(50),
-    "half_and_back": _half_and_back,
+    "stripped_png": png,
+    "jpeg95": jpeg(95),
+    "jpeg75": jpeg(75),
+    "jpeg50": jpeg(50),
+    "half_and_back": half_and_back,
 }
 
 

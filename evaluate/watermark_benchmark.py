@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from faceveil import watermark as wm
+from faceveil.evaluate.distortions import half, half_and_back, jpeg, png
 from faceveil.data.images import elliptical_mask, load_image
 from faceveil.data.samples import FACE_BOXES, sample_photo_path
 from faceveil.errors import InputError
@@ -37,36 +37,11 @@ PHOTOS = ("astronaut", "grace_hopper")
 SIZES = (64, 128, 256, 512)
 
 
-def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    def attack(image: np.ndarray) -> np.ndarray:
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, "JPEG", quality=quality)
-        return np.asarray(Image.open(buf).convert("RGB"))
-
-    return attack
-
-
-def _png(image: np.ndarray) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return np.asarray(Image.open(buf).convert("RGB"))
-
-
-def _half(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    return cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-
-
-def _half_and_back(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    return cv2.resize(_half(image), (w, h), interpolation=cv2.INTER_CUBIC)
-
-
 CROP = (13, 29)  # a screenshot-like cut: the grid moves by a fraction of a block and of a tile
 
 
 def _crop(image: np.ndarray) -> np.ndarray:
-    return _jpeg(90)(image[CROP[0] :, CROP[1] :])
+    return jpeg(90)(image[CROP[0] :, CROP[1] :])
 
 
 def _uncrop(seen: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -78,12 +53,12 @@ def _uncrop(seen: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 # name -> (distortion, the resize factor that undoes it, back to the photo's frame for bit accuracy)
 DISTORTIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]]] = {
     "none": (lambda a: a, 1.0, lambda a, _: a),
-    "png": (_png, 1.0, lambda a, _: a),
-    "jpeg95": (_jpeg(95), 1.0, lambda a, _: a),
-    "jpeg75": (_jpeg(75), 1.0, lambda a, _: a),
-    "jpeg50": (_jpeg(50), 1.0, lambda a, _: a),
-    "half_and_back": (_half_and_back, 1.0, lambda a, _: a),
-    "half": (_half, 2.0, lambda a, _: a),
+    "png": (png, 1.0, lambda a, _: a),
+    "jpeg95": (jpeg(95), 1.0, lambda a, _: a),
+    "jpeg75": (jpeg(75), 1.0, lambda a, _: a),
+    "jpeg50": (jpeg(50), 1.0, lambda a, _: a),
+    "half_and_back": (half_and_back, 1.0, lambda a, _: a),
+    "half": (half, 2.0, lambda a, _: a),
     "crop_jpeg90": (_crop, 1.0, _uncrop),
 }
 

@@ -44,6 +44,7 @@ TILE = (4, 8)  # blocks; TILE[0] * TILE[1] * len(COEFFS) == PAYLOAD_BITS
 STEP = 40.0  # QIM lattice step in orthonormal DCT units: the strength / PSNR trade-off
 DOUBTFUL_BITS = 6  # extraction also tries all flips of this many least certain bits
 TILE_PX = (TILE[0] * BLOCK, TILE[1] * BLOCK)
+MAX_SEARCH_PIXELS = 16 * 2**20  # images are enlarged for reading only up to this size
 MARKED = 0.25  # smoothed lattice score above which a block counts as marked (unmarked: ~0)
 _DOMAIN = b"faceveil/v2/watermark\0"
 
@@ -311,6 +312,8 @@ def find(image: np.ndarray, key: SecretKey, scales: Sequence[float] = (1.0,), se
     table = placement(key)
     h, w = image.shape[:2]
     for scale in scales:
+        if scale > 1 and h * w * scale * scale > MAX_SEARCH_PIXELS:
+            continue  # a shrunk copy is small; enlarging a large image would only cost memory
         img = image if scale == 1 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
         luma = _luma(img)
         grids = [((0, 0), (0, 0))]

@@ -83,9 +83,11 @@ class PixelRecoverer:
         self.inversion_steps = inversion_steps
         self.estimate = estimate
 
-    def recover(self, image: np.ndarray, key: SecretKey, scales: Sequence[float] = DEFAULT_SCALES) -> PixelRecovery | None:
-        """The recovered photo, or None when no region carries a mark under ``key``."""
-        marks = find(image, key, scales)
+    def recover(self, image: np.ndarray, key: SecretKey, scales: Sequence[float] = DEFAULT_SCALES,
+                marks: Sequence[Mark] | None = None) -> PixelRecovery | None:
+        """The recovered photo, or None when no region carries a mark under ``key`` (``marks``: what
+        :func:`faceveil.watermark.find` already read from ``image``)."""
+        marks = find(image, key, scales) if marks is None else list(marks)
         if not marks:
             return None
         scale = marks[0].scale

@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--keep-original-file", action="store_true",
                    help="also seal the input file's bytes (EXIF and all), so recovery gives back the camera's file with "
                    "its SHA-256; the sealed part then grows by the input's size")
+    from faceveil.video.cli import add_video_args  # videos
+
+    add_video_args(p)
     add_scheme_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
@@ -145,6 +148,15 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_folder(args.inputs, args.output)
     output_suffix(args)  # an impossible format choice fails before any work
+    # --- videos: their own path (faceveil.video.cli); the photos and crops go on below
+    from faceveil.video.cli import anonymize_videos, split_inputs
+
+    videos, rest = split_inputs(args.inputs) if not getattr(args, "videos_routed", False) else ([], args.inputs)
+    if videos:
+        args.inputs, args.videos_routed = rest, True  # the photos in them, once
+        status = anonymize_videos(args, videos)
+        return status if not rest else max(status, run(args))
+    # --- end videos
     prepared = [is_prepared_folder(i) for i in args.inputs]
     if any(prepared) and not all(prepared):
         from faceveil.errors import InputError

@@ -33,7 +33,7 @@ from faceveil.cli.common import (
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recover", help="turn anonymized images back into the originals with the right key")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized PNGs or folders")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized PNGs, videos (NAME.mkv with NAME.fvvid) or folders")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--key", required=True, type=Path, help="the key file used to anonymize")
     p.add_argument(
@@ -198,6 +198,15 @@ def run(args: argparse.Namespace) -> int:
 
     # Recovered originals are private: never inside the folder of the anonymized (public) files.
     check_output_folder(args.inputs, args.output, private=True)
+    # --- videos: their own path (faceveil.video.cli); images go on below
+    from faceveil.video.cli import recover_videos, split_inputs
+
+    videos, rest = split_inputs(args.inputs) if not getattr(args, "videos_routed", False) else ([], args.inputs)
+    if videos:
+        args.inputs, args.videos_routed = rest, True  # the photos in them, once
+        status = recover_videos(args, videos)
+        return status if not rest else max(status, run(args))
+    # --- end videos
     report = Report("recover")
     key = load_key(args.key)
     pairs = list(planned_outputs(args.inputs, args.output, args.overwrite, report))

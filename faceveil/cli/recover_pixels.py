@@ -26,48 +26,72 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+NO_RECORD = ("no faceveil record: not a faceveil file, or its metadata was stripped or it was re-encoded (an image "
+             "published with --record sidecar needs its NAME.fvrec beside it, or --record FILE); and no face marked under "
+             "this key in its pixels (not anonymized with --pixel-recovery, another key, or too damaged)")
+
+
 def recover_pixel_files(args: argparse.Namespace, key, pairs: list[tuple[Path, Path]], report: Report) -> None:
-    from faceveil.cli.common import apply_threads
-    from faceveil.data.images import save_image
+    """Search each image for marks (no model needed), then recover the marked ones with the model."""
     from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError
-    from faceveil.machine import default_backbone
-    from faceveil.models.pipeline import Anonymizer
-    from faceveil.models.pixel_recovery import PixelRecoverer
-
     from faceveil.watermark import find
 
-    apply_threads(args.threads)
-    quiet_libraries()
     scales = parse_scales(args.scales)
-    recoverer = None  # the model loads for the first copy that carries a mark, not for one that does not
-    writer = Writer(report)
+    marked = []
     bar = progress(len(pairs), "recover from pixels")
     for src, dst in pairs:
         bar.set_postfix_str(f"searching {src.name}")
         try:
             image = load_photo(src)
-            if find(image, key, scales):
-                if recoverer is None:
-                    device = resolve_device(args.device)
-                    backbone = load_backbone_for_cli(args.backbone or default_backbone(), device,
-                                                     resolve_dtype(args.dtype, device))
-                    recoverer = PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
-                result = recoverer.recover(image, key, scales)
-            else:
-                result = None
+            marks = find(image, key, scales)
+        except (FaceveilError, ValueError, OSError) as exc:
+            report.fail(src, exc)
+            bar.update(1)
+            continue
+        if marks:
+            marked.append((src, dst, image, marks))
+        else:
+            report.fail(src, NO_RECORD)
+            bar.update(1)
+    if marked:
+        _recover_marked(args, key, marked, scales, report, bar)
+    bar.close()
+
+
+def _recover_marked(args: argparse.Namespace, key, marked: list, scales: tuple[float, ...], report: Report, bar) -> None:
+    from faceveil.cli.common import apply_threads
+    from faceveil.data.images import save_image
+    from faceveil.errors import FaceveilError
+    from faceveil.machine import default_backbone
+    from faceveil.models.pipeline import Anonymizer
+    from faceveil.models.pixel_recovery import PixelRecoverer
+
+    apply_threads(args.threads)
+    quiet_libraries()
+    try:
+        device = resolve_device(args.device)
+        backbone = load_backbone_for_cli(args.backbone or default_backbone(), device, resolve_dtype(args.dtype, device))
+        recoverer = PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
+    except (FaceveilError, ValueError, OSError) as exc:
+        for src, *_ in marked:
+            report.fail(src, f"faces marked under this key were found, but the model to recover them did not load: {exc}")
+        bar.update(len(marked))
+        return
+    writer = Writer(report)
+    for src, dst, image, marks in marked:
+        bar.set_postfix_str(f"recovering {src.name}")
+        try:
+            result = recoverer.recover(image, key, scales, marks=marks)
         except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
             report.fail(src, exc)
             bar.update(1)
             continue
-        if result is None:
-            report.fail(src, "no faceveil record (stripped or re-encoded? an image published with --record sidecar needs "
-                             "its NAME.fvrec beside it), and no face marked under this key in its pixels (not anonymized "
-                             "with --pixel-recovery, another key, or too damaged); nothing to recover")
+        if result is None:  # marks whose faces lie outside the image
+            report.fail(src, NO_RECORD)
         else:
             report.note(f"{src}: {result.summary()}")
             # A recovered photo is as private as the key.
             writer.submit(src, functools.partial(save_image, mode=0o600), dst, result.image)
         bar.update(1)
     writer.close()
-    bar.close()

@@ -32,7 +32,8 @@ def verify_one(src: Path, key) -> str:
             return f"ok ({faces}, version 3 with a sidecar record; {tail})"
         return f"ok ({faces}, version 3; restores the original bit for bit)"
     if version is None:
-        raise FormatError(f"{src}: cannot be authenticated: it carries no faceveil record (stripped or re-encoded?)")
+        raise FormatError(f"{src}: cannot be authenticated: it carries no faceveil record (stripped or re-encoded?); "
+                          "faces anonymized with --pixel-recovery still come back approximately with 'faceveil recover'")
     from faceveil.fileformat import verify_file
 
     vf = verify_file(src, key)
