@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -378,13 +380,50 @@ def test_download_names_fit_a_header():
     assert actions.download_name("x.jpg", ".jpg.fvrec") == "x.jpg.fvrec"
 
 
-def test_video_says_in_one_line_that_it_is_not_supported_yet(tmp_path, t1, engine):
-    c = client(tmp_path, engine)
-    files = [("files", ("t1.jpg", t1, "image/jpeg")), ("files", ("clip.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4"))]
-    _, s = wait(c, c.post("/api/anonymize", files=files, data={"key": key_file_bytes(SecretKey.generate()).decode(),
-                                                                "options": '{"method": "box"}'}))
-    ok, video = s["result"]["items"]
-    assert "files" in ok and video["error"] == actions.VIDEO_NOT_SUPPORTED
+def make_clip(path: Path, frames: int = 5) -> Path:
+    """A short MP4 of the astronaut's face drifting, written with OpenCV."""
+    import cv2
+
+    frame = np.asarray(Image.open(sample_photo_path("astronaut")).convert("RGB").resize((256, 256)))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 256))
+    for k in range(frames):
+        writer.write(np.ascontiguousarray(np.roll(frame, 2 * k, axis=1)[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    from faceveil.video.streams import iter_frames
+
+    return [f.rgb for f in iter_frames(path)]
+
+
+def test_a_video_anonymizes_and_recovers_frame_for_frame(tmp_path, engine):
+    clip = make_clip(tmp_path / "clip.mp4")
+    work = tmp_path / "work"
+    work.mkdir()
+    c = client(work, engine)
+    key_text = c.post("/api/keygen").text
+    job, s = wait(c, c.post("/api/anonymize", files=[("files", ("clip.mp4", clip.read_bytes(), "video/mp4"))],
+                            data={"key": key_text}))
+    [item] = s["result"]["items"]
+    assert item["video"] is True and "5 frames, 1 track" in item["summary"], item
+    mkv, record = (c.get(f"/api/jobs/{job}/files/{n}") for n in item["files"])
+    assert mkv.headers["content-disposition"].endswith('filename="clip.mkv"')
+    assert record.headers["content-disposition"].endswith('filename="clip.fvvid"')
+    files = [("files", ("clip.mkv", mkv.content, "video/x-matroska")), ("files", ("clip.fvvid", record.content, "application/octet-stream"))]
+    job, s = wait(c, c.post("/api/recover", files=files, data={"key": key_text}))
+    [item] = s["result"]["items"]
+    assert item["exact"] is True and item["status"] == f"{actions.EXACT}: 5 frames, sound kept", item
+    back = tmp_path / "back.mkv"
+    back.write_bytes(c.get(f"/api/jobs/{job}/files/{item['file']}").content)
+    original, recovered = decoded(clip), decoded(back)
+    assert len(recovered) == len(original) == 5 and all(np.array_equal(a, b) for a, b in zip(original, recovered))
+    _, s = wait(c, c.post("/api/recover", files=files[:1], data={"key": key_text}))
+    assert "no faceveil record" in s["result"]["items"][0]["error"]
+    _, s = wait(c, c.post("/api/verify", files=files, data={"key": key_text}))
+    assert s["result"]["items"][0]["line"] == actions.VIDEO_NOT_VERIFIED
+    assert list(work.iterdir()) == []
 
 
 def test_serve_prints_its_address_and_leaves_no_temporary_file(tmp_path):

@@ -283,34 +283,50 @@ def test_a_reencoded_copy_recovers_approximately_in_the_browser(page, shots, tmp
     pg.uncheck("#pixel-recovery")
 
 
-def test_a_video_says_in_one_line_that_it_is_not_supported_yet(page, shots, tmp_path):
+def test_anonymize_then_recover_a_short_clip_in_the_browser(page, shots, tmp_path):
+    """A generated clip: anonymize, download the MKV and its record, recover both with the key, and
+    compare every recovered frame with the clip's own."""
     import cv2
-
-    clip = tmp_path / "clip.mp4"
     from PIL import Image
 
-    frame = np.asarray(Image.open(sample_photo_path("t1_group")).convert("RGB").resize((320, 222)))
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 222))
-    for k in range(10):
-        writer.write(np.roll(frame, k, axis=1)[:, :, ::-1].copy())
-    writer.release()
     from faceveil.keys import SecretKey, save_key
+    from faceveil.video.streams import iter_frames
 
+    clip = tmp_path / "clip.mp4"
+    frame = np.asarray(Image.open(sample_photo_path("astronaut")).convert("RGB").resize((256, 256)))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 256))
+    for k in range(5):
+        writer.write(np.ascontiguousarray(np.roll(frame, 2 * k, axis=1)[:, :, ::-1]))
+    writer.release()
     pg = page
     pg.set_input_files("#key-file", str(save_key(SecretKey.generate(), tmp_path / "video.key")))
     pg.wait_for_selector("#key-status:has-text('video.key')")
     pg.click("#tab-anonymize")
     pg.set_input_files("#files-anonymize", str(clip))
     pg.click("#run-anonymize")
-    pg.wait_for_selector(".card.result .status-bad")
-    assert pg.inner_text(".card.result .status-bad") == "video is not supported yet; this version of the page takes photos only"
-    _shot(pg, shots, "11-video")
-
-
-@pytest.mark.skip(reason="video anonymize/recover is not in the library yet (branch v18); the page's seam is "
-                  "faceveil.web.actions.anonymize_video / recover_video")
-def test_anonymize_then_recover_a_short_clip_in_the_browser():
-    """Upload a generated clip, anonymize, download, recover with the key, compare the frames."""
+    pg.wait_for_selector(".card.result .downloads a")
+    assert "5 frames, 1 track" in pg.inner_text(".card.result .summary")
+    _shot(pg, shots, "11-video-anonymized")
+    out = tmp_path / "out"
+    out.mkdir()
+    saved = []
+    for k in range(2):
+        with pg.expect_download() as d:
+            pg.locator(".card.result .downloads a").nth(k).click()
+        saved.append(out / d.value.suggested_filename)
+        d.value.save_as(saved[-1])
+    assert [p.name for p in saved] == ["clip.mkv", "clip.fvvid"]
+    pg.click("#tab-recover")
+    pg.set_input_files("#files-recover", [str(p) for p in saved])
+    pg.click("#run-recover")
+    pg.wait_for_selector("#results-recover .status")
+    assert pg.inner_text("#results-recover .status") == "exact (checked against the sealed digest): 5 frames, sound kept"
+    _shot(pg, shots, "12-video-recovered")
+    with pg.expect_download() as d:
+        pg.locator("#results-recover .downloads a").first.click()
+    back = [f.rgb for f in iter_frames(d.value.path())]
+    original = [f.rgb for f in iter_frames(clip)]
+    assert len(back) == len(original) == 5 and all(np.array_equal(a, b) for a, b in zip(original, back))
 
 
 def test_with_a_token_the_printed_address_opens_the_page_and_nothing_else_does(chromium, playwright, tmp_path):

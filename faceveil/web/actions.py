@@ -7,8 +7,8 @@ removed when the action returns, under neutral names (``in0.jpg``), never a key'
 file name. Keys are derived from the request's form fields inside the action
 (:meth:`KeyInput.derive`) and live only as long as it runs.
 
-Every recovery goes through :func:`recover_one`; video goes through :func:`anonymize_video` and
-:func:`recover_video` (not supported yet: each says so in one line).
+Every recovery goes through :func:`recover_one`; videos go through :func:`anonymize_video` and
+:func:`recover_video` (:mod:`faceveil.video`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import numpy as np
 from faceveil.errors import FaceveilError, FormatError, InputError, KeyMismatchError, TamperedError, escape
 from faceveil.keys import SecretKey, parse_key_file
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
+from faceveil.video import RECORD_SUFFIX as VIDEO_RECORD_SUFFIX
+from faceveil.video import VIDEO_SUFFIXES
+
 RECORD_SUFFIX = ".fvrec"
-VIDEO_NOT_SUPPORTED = "video is not supported yet; this version of the page takes photos only"
+VIDEO_NOT_VERIFIED = "verifying a video is not supported yet; Recover checks it against its sealed digest"
 NO_RECORD = "no faceveil record in this file; pixel-only recovery is not available"
 NO_MARK = ("no faceveil record in this file, and no face marked under this key in its pixels (not anonymized with "
            "pixel recovery, another key, or too damaged); nothing to recover")
@@ -58,7 +60,7 @@ class Upload:
 
     @property
     def is_record(self) -> bool:
-        return self.name.lower().endswith(RECORD_SUFFIX)
+        return self.name.lower().endswith((RECORD_SUFFIX, VIDEO_RECORD_SUFFIX))
 
     @property
     def label(self) -> str:
@@ -276,7 +278,7 @@ def _load(upload: Upload, ws: Workspace, max_pixels: int) -> tuple[np.ndarray, P
     from faceveil.data.photo_io import load_photo
 
     if upload.is_video:
-        raise InputError(VIDEO_NOT_SUPPORTED)
+        raise InputError("a video: Find faces takes photos; Anonymize runs the video through")
     path = ws.put(upload)
     try:
         return load_photo(path, max_pixels), path
@@ -322,9 +324,36 @@ def detect_photos(job, engine: Engine, uploads: Sequence[Upload], options: Photo
 # ---------------------------------------------------------------- anonymize
 
 
-def anonymize_video(job, upload: Upload, key: SecretKey, options: PhotoOptions) -> dict:
-    """The seam for video: one line until the video path is in the library."""
-    raise InputError(VIDEO_NOT_SUPPORTED)
+def anonymize_video(job, engine: Engine, upload: Upload, key: SecretKey, options: PhotoOptions, ws: Workspace,
+                    max_pixels: int) -> dict:
+    """One video through :class:`faceveil.video.anonymize.VideoAnonymizer`: the lossless MKV and its
+    sealed record (``NAME.fvvid``) to download, and one line of what its faces got."""
+    from faceveil.video import record_path
+    from faceveil.video.anonymize import VideoAnonymizer, VideoOptions
+    from faceveil.video.streams import MAX_PIXELS, probe
+
+    src = ws.put(upload)
+    try:
+        total = probe(src).frames
+    except FaceveilError as exc:
+        raise InputError(_said(exc, src, upload)) from None
+    photos = engine.photos(options.method, None)
+    finder = engine.finder(photos.size or PLAN_SIZE, options.policy())
+    videos = VideoAnonymizer(finder, photos.anonymizer, engine.batch_size, VideoOptions(max_pixels=min(max_pixels, MAX_PIXELS)))
+    done = [0]
+
+    def on_frames(n: int) -> None:
+        done[0] += n
+        job.progress(f"video {upload.label}: {done[0]}/{total or '?'} frames", done[0], total or None)
+
+    job.progress(f"video {upload.label}: detecting and tracking faces", 0, total)
+    dst = ws.path(f"{src.stem}-out.mkv")
+    report = videos.run(src, dst, key, on_frames=on_frames)
+    files = [job.add_file(download_name(upload.name, ".mkv"), "video/x-matroska", dst.read_bytes()),
+             job.add_file(download_name(upload.name, VIDEO_RECORD_SUFFIX), "application/octet-stream",
+                          record_path(dst).read_bytes())]
+    return {"files": files, "video": True, "summary": "; ".join([report.summary(), *report.notes]),
+            "left": bool(report.faces_left)}
 
 
 def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input: KeyInput, options: PhotoOptions,
@@ -360,9 +389,9 @@ def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input:
         for i, up in enumerate(uploads):
             job.progress(f"detecting faces in {up.label} ({i + 1}/{len(uploads)})")
             path = None
+            if up.is_video:
+                continue  # after the photos
             try:
-                if up.is_video:
-                    anonymize_video(job, up, key, options)
                 image, path = _load(up, ws, max_pixels)
                 planned[i] = finder.find(image, None, regions.get(i, ()))
             except NoFaceError:
@@ -401,6 +430,13 @@ def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input:
                 items[i]["error"] = _said(exc, path, up)
             photos_done[0] += 1
             job.progress(f"done {photos_done[0]}/{len(planned)} photos", faces_done[0] + photos_done[0])
+        for i, up in enumerate(uploads):
+            if not up.is_video:
+                continue
+            try:
+                items[i].update(anonymize_video(job, engine, up, key, options, ws, max_pixels))
+            except (FaceveilError, OSError, ValueError, RuntimeError) as exc:
+                items[i]["error"] = _said(exc, None, up)
     ok = sum("files" in it for it in items)
     job.progress("done", job.total, job.total)
     return {"items": items, "summary": f"anonymized {ok} of {len(uploads)}", "key_fingerprint": key.fingerprint}
@@ -411,16 +447,25 @@ def anonymize_uploads(job, engine: Engine, uploads: Sequence[Upload], key_input:
 
 @dataclass
 class Recovered:
-    image: np.ndarray
+    image: np.ndarray | None  # a photo; None for a video (``video`` holds the recovered file)
     exact: bool
     how: str  # one line for the page
     original_file: bytes | None = None
     original_suffix: str | None = None
+    video: bytes | None = None  # a recovered video: FFV1 MKV, sound kept
 
 
 def recover_video(path: Path, key: SecretKey) -> Recovered:
-    """The seam for video: one line until the video path is in the library."""
-    raise InputError(VIDEO_NOT_SUPPORTED)
+    """An anonymized video (MKV with its ``.fvvid`` record beside it): every original frame back,
+    checked against the sealed digest (:func:`faceveil.video.recover.recover_video`)."""
+    from faceveil.video.recover import recover_video as recover
+
+    dst = path.with_name(f"{path.stem}-recovered.mkv")
+    try:
+        result = recover(path, dst, key)
+        return Recovered(None, result.exact, f"{EXACT}: {result.frames} frames, sound kept", video=dst.read_bytes())
+    finally:
+        dst.unlink(missing_ok=True)
 
 
 def recover_pixels(path: Path, key: SecretKey, engine: Engine | None, max_pixels: int) -> Recovered:
@@ -466,8 +511,16 @@ def recover_one(path: Path, key: SecretKey, engine: Engine | None = None, max_pi
 
 def pair_records(uploads: Sequence[Upload]) -> list[tuple[Upload, Upload | None]]:
     """Each file with its sidecar record (``NAME.fvrec`` beside ``NAME``), if one was given."""
-    records = {up.name[: -len(RECORD_SUFFIX)]: up for up in uploads if up.is_record}
-    out = [(up, records.pop(up.name, None)) for up in uploads if not up.is_record]
+    records = {up.name[: -len(RECORD_SUFFIX)]: up for up in uploads if up.name.lower().endswith(RECORD_SUFFIX)}
+    records |= {up.name[: -len(VIDEO_RECORD_SUFFIX)] + "/video": up for up in uploads
+                if up.name.lower().endswith(VIDEO_RECORD_SUFFIX)}
+
+    def record_of(up: Upload) -> Upload | None:
+        if up.is_video:
+            return records.pop(str(PurePosixPath(up.name).with_suffix("")) + "/video", None)
+        return records.pop(up.name, None)
+
+    out = [(up, record_of(up)) for up in uploads if not up.is_record]
     out += [(rec, None) for rec in records.values()]  # a record without its image: said per file
     return out
 
@@ -476,7 +529,11 @@ def _put_pair(ws: Workspace, up: Upload, record: Upload | None) -> Path:
     if up.is_record:
         raise InputError("a recovery record without its image: drop the image it belongs to with it")
     path = ws.put(up)
-    if record is not None:
+    if record is not None and up.is_video:
+        from faceveil.video import record_path
+
+        record_path(path).write_bytes(record.data)
+    elif record is not None:
         from faceveil.fileformat.sidecar import sidecar_path
 
         sidecar_path(path).write_bytes(record.data)
@@ -498,8 +555,12 @@ def recover_uploads(job, engine: Engine | None, uploads: Sequence[Upload], key_i
             try:
                 path = _put_pair(ws, up, record)
                 r = recover_one(path, key, engine, max_pixels)
-                item.update(exact=r.exact, status=r.how,
-                            file=job.add_file(download_name(up.name, ".png", ".recovered"), "image/png", _png(r.image)))
+                if r.video is not None:
+                    item.update(exact=r.exact, status=r.how, video=True,
+                                file=job.add_file(download_name(up.name, ".mkv", ".recovered"), "video/x-matroska", r.video))
+                else:
+                    item.update(exact=r.exact, status=r.how,
+                                file=job.add_file(download_name(up.name, ".png", ".recovered"), "image/png", _png(r.image)))
                 if r.original_file is not None:
                     item["original_file"] = job.add_file(download_name(up.name, _safe_suffix(r.original_suffix or ""), ".original"),
                                                          "application/octet-stream", r.original_file)
@@ -542,7 +603,7 @@ def verify_uploads(job, uploads: Sequence[Upload], key_input: KeyInput, workdir:
             path = None
             try:
                 if up.is_video:
-                    raise InputError(VIDEO_NOT_SUPPORTED)
+                    raise InputError(VIDEO_NOT_VERIFIED)
                 path = _put_pair(ws, up, record)
                 status, line = verify_one(path, key)
                 items.append({"index": i, "name": up.label, "status": status,

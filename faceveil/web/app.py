@@ -266,7 +266,7 @@ def create_app(config: ServerConfig | None = None, engine: actions.Engine | None
         from faceveil.data.photo_mask import MASK_EXTENTS
 
         return {"version": __version__, "backbone": engine.spec, "methods": list(METHODS), "covers": list(COVERS),
-                "mask_extents": list(MASK_EXTENTS), "outputs": list(actions.OUTPUT_FORMATS), "video": False, "pixel_recovery": True,
+                "mask_extents": list(MASK_EXTENTS), "outputs": list(actions.OUTPUT_FORMATS), "video": True, "pixel_recovery": True,
                 "max_upload_mb": limits.max_upload_mb, "max_pixels": limits.max_pixels, "max_files": limits.max_files}
 
     @app.post("/api/keygen")

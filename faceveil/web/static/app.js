@@ -348,10 +348,14 @@ async function anonymize() {
       card.append(el("h3", { text: it.name }));
       if (it.error) { card.append(el("p", { class: "status-bad", text: it.error })); cards.push(card); continue; }
       card.append(el("p", { class: it.left ? "status-bad summary" : "summary", text: it.summary }));
-      card.append(el("div", { class: "pair" },
-        el("figure", {}, el("img", { src: fileUrl(job, it.before), alt: "before" }), el("figcaption", { text: "before" })),
-        el("figure", {}, el("img", { src: fileUrl(job, it.files[0]), alt: "after", class: "after" }), el("figcaption", { text: "after" }))));
-      const labels = it.files.map((n, k) => [k === 0 ? "download the anonymized photo" : "download its recovery record (.fvrec)", n]);
+      if (!it.video) {
+        card.append(el("div", { class: "pair" },
+          el("figure", {}, el("img", { src: fileUrl(job, it.before), alt: "before" }), el("figcaption", { text: "before" })),
+          el("figure", {}, el("img", { src: fileUrl(job, it.files[0]), alt: "after", class: "after" }), el("figcaption", { text: "after" }))));
+      }
+      const what = it.video ? ["download the anonymized video (.mkv)", "download its recovery record (.fvvid)"]
+        : ["download the anonymized photo", "download its recovery record (.fvrec)"];
+      const labels = it.files.map((n, k) => [what[Math.min(k, 1)], n]);
       card.append(downloads(job, labels));
       cards.push(card);
     }
@@ -375,8 +379,8 @@ async function recover() {
       card.append(el("h3", { text: it.name }));
       if (it.error) { card.append(el("p", { class: "status-bad status", text: it.error })); cards.push(card); continue; }
       card.append(el("p", { class: `status ${it.exact ? "status-ok" : "status-approx"}`, text: it.status }));
-      card.append(el("img", { src: fileUrl(job, it.file), alt: "recovered", class: "recovered" }));
-      const files = [["download the original", it.file]];
+      if (!it.video) card.append(el("img", { src: fileUrl(job, it.file), alt: "recovered", class: "recovered" }));
+      const files = [[it.video ? "download the original video (.mkv)" : "download the original", it.file]];
       if (it.original_file !== undefined) files.push(["download the original file (as it was uploaded)", it.original_file]);
       card.append(downloads(job, files));
       cards.push(card);
