@@ -133,9 +133,9 @@ def keystream(key: SecretKey, nonce: bytes, purpose: str, length: int) -> bytes:
     return cipher.encryptor().update(bytes(length))
 
 
-def save_key(key: SecretKey, path: str | os.PathLike[str]) -> Path:
-    """Write a key file with owner-only permissions; never overwrites an existing file."""
-    path = Path(path)
+def key_file_bytes(key: SecretKey) -> bytes:
+    """The bytes of a key file (what :func:`save_key` writes), for a caller that hands them over
+    without touching the disk (the web page's download)."""
     doc: dict[str, object] = {
         "format": KEYFILE_FORMAT,
         "version": KEYFILE_VERSION,
@@ -144,7 +144,13 @@ def save_key(key: SecretKey, path: str | os.PathLike[str]) -> Path:
     }
     if key.kdf is not None:
         doc["kdf"] = key.kdf
-    data = (json.dumps(doc, indent=2) + "\n").encode()
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def save_key(key: SecretKey, path: str | os.PathLike[str]) -> Path:
+    """Write a key file with owner-only permissions; never overwrites an existing file."""
+    path = Path(path)
+    data = key_file_bytes(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise InputError(f"{path}: already exists; refusing to overwrite a key file")
@@ -166,25 +172,35 @@ def save_key(key: SecretKey, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def parse_key_file(data: bytes | str, name: object = "the key file") -> SecretKey:
+    """The key in a key file's bytes; errors name ``name``, never the content."""
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != KEYFILE_FORMAT:
+            raise ValueError
+        if doc.get("version") != KEYFILE_VERSION:
+            raise InputError(f"{name}: key file version {doc.get('version')} is not supported")
+        material = base64.b64decode(doc["key"], validate=True)
+        key = SecretKey(material, doc.get("kdf"))
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - never echo what we failed to parse: it may be secret
+        raise InputError(f"{name}: not a faceveil key file") from None
+    if doc.get("fingerprint") not in (None, key.fingerprint):
+        raise InputError(f"{name}: key file is corrupt (fingerprint does not match the key)")
+    return key
+
+
 def load_key(path: str | os.PathLike[str]) -> SecretKey:
     """Read a key file written by :func:`save_key`; errors name the file, never its content."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-        if doc.get("format") != KEYFILE_FORMAT:
-            raise ValueError
-        if doc.get("version") != KEYFILE_VERSION:
-            raise InputError(f"{path}: key file version {doc.get('version')} is not supported")
-        material = base64.b64decode(doc["key"], validate=True)
-        key = SecretKey(material, doc.get("kdf"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such key file") from None
-    except InputError:
-        raise
-    except Exception:  # noqa: BLE001 - never echo what we failed to parse: it may be secret
+    except OSError:
         raise InputError(f"{path}: not a faceveil key file") from None
-    if doc.get("fingerprint") not in (None, key.fingerprint):
-        raise InputError(f"{path}: key file is corrupt (fingerprint does not match the key)")
+    key = parse_key_file(data, path)
     if os.name == "posix" and path.stat().st_mode & 0o077:
         print(f"faceveil: warning: {path}: key file is readable by other users; chmod 600 it", file=sys.stderr)
     return key

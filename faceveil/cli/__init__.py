@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "recover",
     "inspect",
     "verify",
+    "serve",
     "roundtrip",
     "demo",
     "prepare",
