@@ -17,7 +17,7 @@ import io
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -540,36 +540,43 @@ def _put_pair(ws: Workspace, up: Upload, record: Upload | None) -> Path:
     return path
 
 
-def recover_uploads(job, engine: Engine | None, uploads: Sequence[Upload], key_input: KeyInput, max_pixels: int,
-                    workdir: Path | None) -> dict:
-    """The original of each file, and whether it is exact, in one line each."""
+def _each_pair(job, uploads: Sequence[Upload], key_input: KeyInput, workdir: Path | None, verb: str
+               ) -> Iterator[tuple[int, Upload, Upload | None, Workspace, SecretKey]]:
+    """Each upload with its record, in one private workspace, under the key derived once; with progress."""
     pairs = pair_records(uploads)
     job.progress("deriving the key", 0, len(pairs))
     key = key_input.derive()
-    items = []
     with Workspace(workdir) as ws:
         for i, (up, record) in enumerate(pairs):
-            job.progress(f"recovering {up.label} ({i + 1}/{len(pairs)})", i)
-            path = None
-            item: dict = {"index": i, "name": up.label}
-            try:
-                path = _put_pair(ws, up, record)
-                r = recover_one(path, key, engine, max_pixels)
-                if r.video is not None:
-                    item.update(exact=r.exact, status=r.how, video=True,
-                                file=job.add_file(download_name(up.name, ".mkv", ".recovered"), "video/x-matroska", r.video))
-                else:
-                    item.update(exact=r.exact, status=r.how,
-                                file=job.add_file(download_name(up.name, ".png", ".recovered"), "image/png", _png(r.image)))
-                if r.original_file is not None:
-                    item["original_file"] = job.add_file(download_name(up.name, _safe_suffix(r.original_suffix or ""), ".original"),
-                                                         "application/octet-stream", r.original_file)
-            except (FaceveilError, OSError, ValueError) as exc:
-                item["error"] = _said(exc, path, up)
-            items.append(item)
+            job.progress(f"{verb} {up.label} ({i + 1}/{len(pairs)})", i)
+            yield i, up, record, ws, key
+
+
+def recover_uploads(job, engine: Engine | None, uploads: Sequence[Upload], key_input: KeyInput, max_pixels: int,
+                    workdir: Path | None) -> dict:
+    """The original of each file, and whether it is exact, in one line each."""
+    items = []
+    for i, up, record, ws, key in _each_pair(job, uploads, key_input, workdir, "recovering"):
+        path = None
+        item: dict = {"index": i, "name": up.label}
+        try:
+            path = _put_pair(ws, up, record)
+            r = recover_one(path, key, engine, max_pixels)
+            if r.video is not None:
+                item.update(exact=r.exact, status=r.how, video=True,
+                            file=job.add_file(download_name(up.name, ".mkv", ".recovered"), "video/x-matroska", r.video))
+            else:
+                item.update(exact=r.exact, status=r.how,
+                            file=job.add_file(download_name(up.name, ".png", ".recovered"), "image/png", _png(r.image)))
+            if r.original_file is not None:
+                item["original_file"] = job.add_file(download_name(up.name, _safe_suffix(r.original_suffix or ""), ".original"),
+                                                     "application/octet-stream", r.original_file)
+        except (FaceveilError, OSError, ValueError) as exc:
+            item["error"] = _said(exc, path, up)
+        items.append(item)
     ok = sum("file" in it for it in items)
-    job.progress("done", len(pairs))
-    return {"items": items, "summary": f"recovered {ok} of {len(pairs)}"}
+    job.progress("done", len(items))
+    return {"items": items, "summary": f"recovered {ok} of {len(items)}"}
 
 
 # ---------------------------------------------------------------- verify
@@ -593,23 +600,18 @@ def verify_one(path: Path, key: SecretKey) -> tuple[str, str]:
 
 
 def verify_uploads(job, uploads: Sequence[Upload], key_input: KeyInput, workdir: Path | None) -> dict:
-    pairs = pair_records(uploads)
-    job.progress("deriving the key", 0, len(pairs))
-    key = key_input.derive()
     items = []
-    with Workspace(workdir) as ws:
-        for i, (up, record) in enumerate(pairs):
-            job.progress(f"verifying {up.label} ({i + 1}/{len(pairs)})", i)
-            path = None
-            try:
-                if up.is_video:
-                    raise InputError(VIDEO_NOT_VERIFIED)
-                path = _put_pair(ws, up, record)
-                status, line = verify_one(path, key)
-                items.append({"index": i, "name": up.label, "status": status,
-                              "line": escape(line.replace(str(path), up.name), 400)})
-            except (FaceveilError, OSError, ValueError) as exc:
-                items.append({"index": i, "name": up.label, "status": "error", "line": _said(exc, path, up)})
+    for i, up, record, ws, key in _each_pair(job, uploads, key_input, workdir, "verifying"):
+        path = None
+        try:
+            if up.is_video:
+                raise InputError(VIDEO_NOT_VERIFIED)
+            path = _put_pair(ws, up, record)
+            status, line = verify_one(path, key)
+            items.append({"index": i, "name": up.label, "status": status,
+                          "line": escape(line.replace(str(path), up.name), 400)})
+        except (FaceveilError, OSError, ValueError) as exc:
+            items.append({"index": i, "name": up.label, "status": "error", "line": _said(exc, path, up)})
     ok = sum(it["status"] == "ok" for it in items)
-    job.progress("done", len(pairs))
-    return {"items": items, "summary": f"{ok} of {len(pairs)} authentic"}
+    job.progress("done", len(items))
+    return {"items": items, "summary": f"{ok} of {len(items)} authentic"}
