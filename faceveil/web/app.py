@@ -25,6 +25,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
@@ -285,21 +286,21 @@ def create_app(config: ServerConfig | None = None, engine: actions.Engine | None
         if not uploads:
             raise InputError("no file: drop or choose at least one")
 
-    @app.post("/api/detect")
-    async def detect(request: Request) -> JSONResponse:
+    async def photo_form(request: Request) -> tuple[list[actions.Upload], dict, Any, Any]:
+        """The uploads, form fields, face options and hand-given regions of a detect or anonymize request."""
         uploads, fields = await _read_form(request, limits)
         need_files(uploads)
-        options = _options(fields)
-        regions = actions.parse_regions(_json_field(fields, "regions"), len(uploads))
+        return uploads, fields, _options(fields), actions.parse_regions(_json_field(fields, "regions"), len(uploads))
+
+    @app.post("/api/detect")
+    async def detect(request: Request) -> JSONResponse:
+        uploads, _, options, regions = await photo_form(request)
         return started(jobs.submit("detect", lambda job: actions.detect_photos(
             job, engine, uploads, options, regions, limits.max_pixels, config.workdir)))
 
     @app.post("/api/anonymize")
     async def anonymize(request: Request) -> JSONResponse:
-        uploads, fields = await _read_form(request, limits)
-        need_files(uploads)
-        options = _options(fields)
-        regions = actions.parse_regions(_json_field(fields, "regions"), len(uploads))
+        uploads, fields, options, regions = await photo_form(request)
         key_input = _key_input(fields)
         if not (key_input.key_file or key_input.passphrase):
             raise InputError("no key: generate or choose a key file, or enter a passphrase and its salt")
