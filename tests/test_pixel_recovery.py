@@ -162,3 +162,17 @@ def test_cli_copy_without_record_and_unmarked_photo(tmp_path):
     assert (tmp_path / "back" / "astro.png").exists() and not (tmp_path / "back" / "plain.png").exists()
     r = cli("verify", str(copies / "astro.jpg"), "--key", str(key))
     assert r.returncode != 0 and "cannot be authenticated" in r.stderr
+
+
+def test_pixel_recovery_is_refused_where_it_cannot_mark(tmp_path, capsys):
+    from faceveil.cli import main
+
+    key = tmp_path / "k.key"
+    assert main(["keygen", "-o", str(key)]) == 0
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.open(sample_photo_path("astronaut")).convert("RGB").resize((128, 128)).save(src / "face.png")
+    capsys.readouterr()
+    rc = main(["anonymize", str(src / "face.png"), "-o", str(tmp_path / "out"), "--key", str(key), "--pixel-recovery", "--aligned"])
+    assert rc == 2 and "--pixel-recovery is for photos, not aligned crops" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "face.png").exists()

@@ -152,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
     from faceveil.video.cli import anonymize_videos, split_inputs
 
     videos, rest = split_inputs(args.inputs) if not getattr(args, "videos_routed", False) else ([], args.inputs)
+    if videos and args.pixel_recovery:
+        from faceveil.errors import InputError
+
+        raise InputError("--pixel-recovery is for photos: video frames carry no recovery mark yet (their record recovers them exactly)")
     if videos:
         args.inputs, args.videos_routed = rest, True  # the photos in them, once
         status = anonymize_videos(args, videos)
@@ -166,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         from faceveil.cli.anonymize_photos import run_photos
 
         return run_photos(args)
+    if args.pixel_recovery:
+        from faceveil.errors import InputError
+
+        raise InputError("--pixel-recovery is for photos, not aligned crops: their faces are not found and marked")
     return run_aligned(args, from_prepare=all(prepared))
 
 
