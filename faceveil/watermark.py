@@ -314,6 +314,8 @@ def find(image: np.ndarray, key: SecretKey, scales: Sequence[float] = (1.0,), se
     for scale in scales:
         if scale > 1 and h * w * scale * scale > MAX_SEARCH_PIXELS:
             continue  # a shrunk copy is small; enlarging a large image would only cost memory
+        if min(h, w) * scale < 4 * BLOCK:
+            continue  # smaller than any region a mark fits in (32 whole blocks)
         img = image if scale == 1 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
         luma = _luma(img)
         grids = [((0, 0), (0, 0))]

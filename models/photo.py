@@ -135,9 +135,9 @@ def _pixel_placement(pf: PhotoFace, size: int, extent: str) -> None:
 def embed_marks(image: np.ndarray, faces: Sequence[PhotoFace], key: SecretKey) -> list[str]:
     """Seal each pixel-recoverable face's body in its region of ``image`` (in place); the faces too
     small to carry a mark, as notes."""
-    from faceveil.watermark import embed
+    from faceveil.watermark import embed, find
 
-    notes = []
+    notes, marked = [], []
     for f in faces:
         region = f.region(image.shape[:2]) if f.body is not None else None
         if region is None:
@@ -146,8 +146,14 @@ def embed_marks(image: np.ndarray, faces: Sequence[PhotoFace], key: SecretKey) -
         inside[region.slices()] = region.inside
         try:
             image[...] = embed(image, inside, key, f.body)
+            marked.append(f)
         except InputError:
             notes.append(f"face {f.index} is too small to carry a recovery mark: only the file's record recovers it")
+    if marked:
+        # Read back as recovery will (no mask, the photo's own grid): a mark that does not, says so now.
+        read = {m.body for m in find(image, key, scales=(1.0,), search_grid=False)}
+        notes += [f"face {f.index}'s recovery mark does not read back (too small or too flat a region): only the file's "
+                  "record recovers it" for f in marked if f.body not in read]
     return notes
 
 

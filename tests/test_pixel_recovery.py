@@ -176,3 +176,19 @@ def test_pixel_recovery_is_refused_where_it_cannot_mark(tmp_path, capsys):
     rc = main(["anonymize", str(src / "face.png"), "-o", str(tmp_path / "out"), "--key", str(key), "--pixel-recovery", "--aligned"])
     assert rc == 2 and "--pixel-recovery is for photos, not aligned crops" in capsys.readouterr().err
     assert not (tmp_path / "out" / "face.png").exists()
+
+
+def test_a_tiny_image_among_copies_is_one_line_and_the_batch_goes_on(tmp_path, capsys):
+    from faceveil.cli import main
+
+    key = tmp_path / "k.key"
+    assert main(["keygen", "-o", str(key)]) == 0
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    Image.new("RGB", (1, 1)).save(copies / "a_dot.png")
+    Image.open(sample_photo_path("grace_hopper")).convert("RGB").save(copies / "b_plain.png")
+    capsys.readouterr()
+    assert main(["recover", str(copies), "-o", str(tmp_path / "back"), "--key", str(key)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert sum("no face marked under this key" in line for line in err.splitlines()) == 2  # both files, one line each

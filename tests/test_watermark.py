@@ -138,3 +138,8 @@ def test_too_small_a_region_is_refused():
         wm.embed(image, _region(image, 10, 10, 64), KEY, RID)
     with pytest.raises(InputError, match="8 bytes"):
         wm.seal_id(KEY, b"short")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (9, 300, 3), (31, 40, 3)])
+def test_images_too_small_for_a_mark_read_nothing(shape):
+    assert wm.find(np.zeros(shape, np.uint8), KEY, scales=(1.0, 2.0)) == []

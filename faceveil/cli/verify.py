@@ -22,6 +22,11 @@ def verify_one(src: Path, key) -> str:
     from faceveil.errors import FormatError
     from faceveil.fileformat.original import file_version, has_sidecar, open_original
 
+    from faceveil.video import VIDEO_SUFFIXES
+
+    if src.suffix.lower() in VIDEO_SUFFIXES:
+        raise FormatError(f"{src}: verifying videos is not supported yet; 'faceveil recover' checks a video against its "
+                          "record (NAME.fvvid) and exits 3 when either was edited")
     sidecar = has_sidecar(src)
     version = 3 if sidecar else file_version(src)
     if version == 3:

@@ -184,6 +184,8 @@ def _said(exc: BaseException, path: Path | None, upload: Upload) -> str:
     text = str(exc)
     if path is not None:
         text = text.replace(str(path), upload.name)
+        # Its record beside it (NAME.fvvid, NAME.png.fvrec): the workspace folder and name never show.
+        text = text.replace(str(path.parent) + "/", "").replace(path.stem, PurePosixPath(upload.name).stem)
     text = text.replace(" (use --allow-anonymized)", "")
     return escape(text.strip().replace("\n", " "), 400)
 
