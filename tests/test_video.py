@@ -483,3 +483,10 @@ def test_subtitles_are_copied_where_an_mkv_can_hold_them(tmp_path, capsys):
     with av.open(str(tmp_path / "out" / "srt.mkv")) as c:
         assert [s.type for s in c.streams] == ["video", "audio", "subtitle"]
         assert b"hello" in b"".join(bytes(p) for p in c.demux(c.streams.subtitles[0]) if p.size)
+
+
+def test_recovery_says_whether_there_was_sound():
+    from faceveil.video.recover import RecoveredVideo
+
+    assert RecoveredVideo(5, 1, True, audio=1).said() == "5 frames, sound kept"
+    assert RecoveredVideo(5, 1, True, audio=0).said() == "5 frames, no sound in the video"

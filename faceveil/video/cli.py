@@ -194,5 +194,5 @@ def recover_videos(args: argparse.Namespace, videos: list[tuple[Path, Path | Non
             report.fail(src, exc)
             continue
         report.ok += 1
-        report.note(f"{src}: {result.frames} frames restored bit for bit (checked against the sealed digest), sound kept")
+        report.note(f"{src}: {result.said()}, restored bit for bit (checked against the sealed digest)")
     return report.finish("recovered", args.output)

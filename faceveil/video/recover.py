@@ -33,6 +33,11 @@ class RecoveredVideo:
     frames: int
     segments: int
     exact: bool
+    audio: int = 0  # audio streams copied back
+
+    def said(self) -> str:
+        """``N frames ..., sound kept`` (or ``no sound``): for the lines that report it."""
+        return f"{self.frames} frames, {'sound kept' if self.audio else 'no sound in the video'}"
 
 
 def pixel_recoverer() -> Callable[[np.ndarray, SecretKey], np.ndarray] | None:
@@ -114,5 +119,5 @@ def _recover(src: Path, dst: Path, key: SecretKey, rec: Record, info: VideoInfo,
     os.replace(part / "out.mkv", dst)
     tmp_video.unlink()
     part.rmdir()
-    return RecoveredVideo(total, len(rec.segments), True)
+    return RecoveredVideo(total, len(rec.segments), True, len(info.audio))
 

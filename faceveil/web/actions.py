@@ -465,7 +465,7 @@ def recover_video(path: Path, key: SecretKey) -> Recovered:
     dst = path.with_name(f"{path.stem}-recovered.mkv")
     try:
         result = recover(path, dst, key)
-        return Recovered(None, result.exact, f"{EXACT}: {result.frames} frames, sound kept", video=dst.read_bytes())
+        return Recovered(None, result.exact, f"{EXACT}: {result.said()}", video=dst.read_bytes())
     finally:
         dst.unlink(missing_ok=True)
 
