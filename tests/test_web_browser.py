@@ -320,7 +320,7 @@ def test_anonymize_then_recover_a_short_clip_in_the_browser(page, shots, tmp_pat
     pg.set_input_files("#files-recover", [str(p) for p in saved])
     pg.click("#run-recover")
     pg.wait_for_selector("#results-recover .status")
-    assert pg.inner_text("#results-recover .status") == "exact (checked against the sealed digest): 5 frames, sound kept"
+    assert pg.inner_text("#results-recover .status") == "exact (checked against the sealed digest): 5 frames, no sound in the video"
     _shot(pg, shots, "12-video-recovered")
     with pg.expect_download() as d:
         pg.locator("#results-recover .downloads a").first.click()
