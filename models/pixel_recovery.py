@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from faceveil.data.align import warp_face
+from faceveil.data.masks import latent_mask
 from faceveil.data.photo_align import context_crop, context_photo, face_region, paste_face
 from faceveil.keys import SecretKey
 from faceveil.models.photo import keyed_region, native_size
@@ -39,7 +40,6 @@ INVERSION_STEPS = 200
 class PixelFace:
     mark: Mark
     geometry: Geometry
-    fit_db: float = float("nan")  # decoder inversion: D(z) against the given face pixels, inside the mask
     consistency_db: float = float("nan")  # the recovered face anonymized again against the given pixels
 
 
@@ -124,6 +124,7 @@ class PixelRecoverer:
                        faces: list[PixelFace]) -> list[np.ndarray]:
         an = self.anonymizer
         bb = an.backbone
+        bodies = [f.mark.body for f in faces]
         recovered: list[np.ndarray] = []
         batch = max(1, an.max_bucket)
         for start in range(0, len(given), batch):
@@ -135,17 +136,13 @@ class PixelRecoverer:
             # Eroded: the blended edge and the warp's interpolation are not the decoder's pixels.
             core = torch.nn.functional.max_pool2d(1 - m, 9, stride=1, padding=4).lt(0.5).float()
             z = invert_decoder(bb.decode, z_enc, x.float(), core, self.inversion_steps)
-            lat_mask = torch.nn.functional.interpolate(m, size=z.shape[-2:], mode="nearest") > 0
-            z = torch.where(lat_mask, z, z_enc)
-            with torch.no_grad():
-                fit = (bb.decode(z).float().clamp(-1, 1) + 1) * 127.5
-            with keyed_region(an, nonces[sl]):
+            # The cells the key acted on (the anonymizer's own latent mask): the decoder's latent there.
+            z = torch.where(latent_mask(m, bb.vae_factor) > 0, z, z_enc)
+            with keyed_region(an, bodies[sl]):
                 out = an.recover_latents(z, given[sl], masks[sl], key, nonces[sl])
-            for i, f in enumerate(faces[sl]):
-                f.fit_db = psnr(fit[i].permute(1, 2, 0).round().byte().cpu().numpy()[masks[sl][i]], given[sl][i][masks[sl][i]])
             recovered.extend(out)
         if self.estimate:
-            with keyed_region(an, nonces):
+            with keyed_region(an, bodies):
                 again = an.anonymize(recovered, masks, key, nonces=nonces, allow_caller_nonces=True)
             for f, v, g, mk in zip(faces, again, given, masks):
                 f.consistency_db = psnr(v.image[mk], g[mk])

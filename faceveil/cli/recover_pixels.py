@@ -14,6 +14,9 @@ from pathlib import Path
 from faceveil.cli.common import Report, Writer, load_backbone_for_cli, progress, quiet_libraries, resolve_device, resolve_dtype, resolve_settings
 
 
+from faceveil.errors import FormatError
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
     from faceveil.errors import InputError
 
@@ -32,36 +35,46 @@ NO_RECORD = ("no faceveil record: not a faceveil file, or its metadata was strip
 
 
 def recover_pixel_files(args: argparse.Namespace, key, pairs: list[tuple[Path, Path]], report: Report) -> None:
-    """Search each image for marks (no model needed), then recover the marked ones with the model."""
+    """Search each image for marks (no model needed); the model loads at the first marked one. One
+    image in memory at a time."""
+    from faceveil.data.images import save_image
     from faceveil.data.photo_io import load_photo
     from faceveil.errors import FaceveilError
     from faceveil.watermark import find
 
     scales = parse_scales(args.scales)
-    marked = []
+    recoverer: object = None  # the PixelRecoverer once loaded; an error line if it failed to
+    writer = Writer(report)
     bar = progress(len(pairs), "recover from pixels")
     for src, dst in pairs:
         bar.set_postfix_str(f"searching {src.name}")
         try:
             image = load_photo(src)
             marks = find(image, key, scales)
-        except (FaceveilError, ValueError, OSError) as exc:
+            if not marks:
+                raise FormatError(NO_RECORD)
+            if recoverer is None:
+                recoverer = _load_recoverer(args)
+            if isinstance(recoverer, str):
+                raise FormatError(recoverer)
+            bar.set_postfix_str(f"recovering {src.name}")
+            result = recoverer.recover(image, key, scales, marks=marks)
+            if result is None:  # marks whose faces lie outside the image
+                raise FormatError(NO_RECORD)
+        except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
             report.fail(src, exc)
-            bar.update(1)
-            continue
-        if marks:
-            marked.append((src, dst, image, marks))
         else:
-            report.fail(src, NO_RECORD)
-            bar.update(1)
-    if marked:
-        _recover_marked(args, key, marked, scales, report, bar)
+            report.note(f"{src}: {result.summary()}")
+            # A recovered photo is as private as the key.
+            writer.submit(src, functools.partial(save_image, mode=0o600), dst, result.image)
+        bar.update(1)
+    writer.close()
     bar.close()
 
 
-def _recover_marked(args: argparse.Namespace, key, marked: list, scales: tuple[float, ...], report: Report, bar) -> None:
+def _load_recoverer(args: argparse.Namespace):  # -> PixelRecoverer | str
+    """The model for marked faces, or the one line saying why it did not load."""
     from faceveil.cli.common import apply_threads
-    from faceveil.data.images import save_image
     from faceveil.errors import FaceveilError
     from faceveil.machine import default_backbone
     from faceveil.models.pipeline import Anonymizer
@@ -72,26 +85,6 @@ def _recover_marked(args: argparse.Namespace, key, marked: list, scales: tuple[f
     try:
         device = resolve_device(args.device)
         backbone = load_backbone_for_cli(args.backbone or default_backbone(), device, resolve_dtype(args.dtype, device))
-        recoverer = PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
+        return PixelRecoverer(Anonymizer(backbone, resolve_settings(args, backbone)), args.inversion_steps)
     except (FaceveilError, ValueError, OSError) as exc:
-        for src, *_ in marked:
-            report.fail(src, f"faces marked under this key were found, but the model to recover them did not load: {exc}")
-        bar.update(len(marked))
-        return
-    writer = Writer(report)
-    for src, dst, image, marks in marked:
-        bar.set_postfix_str(f"recovering {src.name}")
-        try:
-            result = recoverer.recover(image, key, scales, marks=marks)
-        except (FaceveilError, ValueError, RuntimeError, OSError) as exc:
-            report.fail(src, exc)
-            bar.update(1)
-            continue
-        if result is None:  # marks whose faces lie outside the image
-            report.fail(src, NO_RECORD)
-        else:
-            report.note(f"{src}: {result.summary()}")
-            # A recovered photo is as private as the key.
-            writer.submit(src, functools.partial(save_image, mode=0o600), dst, result.image)
-        bar.update(1)
-    writer.close()
+        return f"faces marked under this key were found, but the model to recover them did not load: {exc}"

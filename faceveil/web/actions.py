@@ -454,7 +454,7 @@ class Recovered:
     how: str  # one line for the page
     original_file: bytes | None = None
     original_suffix: str | None = None
-    video: bytes | None = None  # a recovered video: FFV1 MKV, sound kept
+    video: bytes | None = None  # a recovered video: FFV1 MKV, with the sound it had
 
 
 def recover_video(path: Path, key: SecretKey) -> Recovered:
@@ -479,9 +479,10 @@ def recover_pixels(path: Path, key: SecretKey, engine: Engine | None, max_pixels
     if engine is None:
         raise FormatError(NO_RECORD)
     image = load_photo(path, max_pixels, allow_anonymized=True)
-    if not find(image, key, engine.scales):  # before loading a model for nothing
+    marks = find(image, key, engine.scales)  # before loading a model for nothing
+    if not marks:
         raise FormatError(NO_MARK)
-    result = engine.pixel_recoverer().recover(image, key, engine.scales)
+    result = engine.pixel_recoverer().recover(image, key, engine.scales, marks=marks)
     if result is None:
         raise FormatError(NO_MARK)
     return Recovered(result.image, False, result.summary())
