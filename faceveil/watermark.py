@@ -247,7 +247,6 @@ class Mark:
     origin: tuple[int, int]
     centroid: tuple[float, float]  # (y, x) of the marked blocks' centres
     blocks: int
-    mask: np.ndarray  # (H, W) bool: the marked blocks, at the input's size
 
 
 def _lattice_score(coef: np.ndarray, table: Placement, tile_phase: tuple[int, int]) -> np.ndarray:
@@ -330,15 +329,10 @@ def find(image: np.ndarray, key: SecretKey, scales: Sequence[float] = (1.0,), se
             (py, px), (ty, tx) = grids[0]
             marks = []
             for body, cells in found:
-                block_mask = np.zeros(img.shape[:2], dtype=np.uint8)
-                for r, c in cells:
-                    block_mask[py + r * BLOCK : py + (r + 1) * BLOCK, px + c * BLOCK : px + (c + 1) * BLOCK] = 1
-                if scale != 1:
-                    block_mask = cv2.resize(block_mask, (w, h), interpolation=cv2.INTER_NEAREST)
                 cy = (py + (cells[:, 0] + 0.5) * BLOCK).mean() / scale
                 cx = (px + (cells[:, 1] + 0.5) * BLOCK).mean() / scale
                 # Block (0, 0) of this grid starts at pixel (py, px) of the scaled image and is tile block (ty, tx).
                 origin = ((ty * BLOCK - py) % TILE_PX[0], (tx * BLOCK - px) % TILE_PX[1])
-                marks.append(Mark(body, float(scale), origin, (float(cy), float(cx)), len(cells), block_mask.astype(bool)))
+                marks.append(Mark(body, float(scale), origin, (float(cy), float(cx)), len(cells)))
             return marks
     return []

@@ -44,6 +44,10 @@ EXTENT_BITS = ("face", "head")
 SCALE_STEPS, SCALE_MIN = 64, -6  # log2 scale = q / 64 - 6, q in [0, 512)
 ANGLE_STEPS = 512
 QUARTERS = 4
+RANDOM_BITS = 30
+# The body's fields, most significant first: extent, scale, angle, centre row and column (quarter
+# pixels modulo the tile), random. 64 bits in all.
+FIELD_BITS = (1, 9, 9, 7, 8, RANDOM_BITS)
 
 
 def template_mask(size: int, extent: str = "face") -> np.ndarray:
@@ -96,10 +100,11 @@ def quantize(matrix: np.ndarray, size: int, extent: str = "face") -> Geometry | 
 
 def pack(g: Geometry, random_bits: int | None = None) -> bytes:
     """The 8-byte watermark body of ``g`` (30 fresh random bits unless given)."""
-    rnd = secrets.randbits(30) if random_bits is None else random_bits
+    rnd = secrets.randbits(RANDOM_BITS) if random_bits is None else random_bits
     ty, tx = TILE_PX[0] * QUARTERS, TILE_PX[1] * QUARTERS
-    value = EXTENT_BITS.index(g.extent)
-    for field, bits in ((g.scale_q, 9), (g.angle_q, 9), (g.cy4 % ty, 7), (g.cx4 % tx, 8), (rnd, 30)):
+    fields = (EXTENT_BITS.index(g.extent), g.scale_q, g.angle_q, g.cy4 % ty, g.cx4 % tx, rnd)
+    value = 0
+    for field, bits in zip(fields, FIELD_BITS):
         value = (value << bits) | (field & ((1 << bits) - 1))
     return value.to_bytes(ID_BYTES, "big")
 
@@ -116,11 +121,11 @@ class Body:
 def unpack(body: bytes) -> Body:
     value = int.from_bytes(body, "big")
     fields = []
-    for bits in (30, 8, 7, 9, 9):
+    for bits in reversed(FIELD_BITS):
         fields.append(value & ((1 << bits) - 1))
         value >>= bits
-    _, cx, cy, angle, scale = fields
-    return Body(EXTENT_BITS[value & 1], scale, angle, cy, cx)
+    extent, scale, angle, cy, cx, _ = reversed(fields)
+    return Body(EXTENT_BITS[extent], scale, angle, cy, cx)
 
 
 def _nearest(residue: int, period: int, estimate: float) -> int:

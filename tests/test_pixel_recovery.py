@@ -32,11 +32,11 @@ def test_geometry_survives_the_body_and_a_crop():
     assert pg.unpack(body).extent == "head" and len(body) == 8
     mid = (g.cy4 / 4, g.cx4 / 4)
     # Found where it was made: the same geometry, so the same matrix bit for bit.
-    same = pg.resolve(Mark(body, 1.0, (0, 0), (mid[0] + 5, mid[1] - 7), 40, np.zeros((1, 1), bool)), 256)
+    same = pg.resolve(Mark(body, 1.0, (0, 0), (mid[0] + 5, mid[1] - 7), 40), 256)
     assert same == g and np.array_equal(same.matrix(256), g.matrix(256))
     # In a copy cropped by (37, 70) px, found through the tile lattice's origin.
     dy, dx = 37, 70
-    moved = pg.resolve(Mark(body, 1.0, (dy % 32, dx % 64), (mid[0] - dy + 6, mid[1] - dx + 9), 40, np.zeros((1, 1), bool)), 256)
+    moved = pg.resolve(Mark(body, 1.0, (dy % 32, dx % 64), (mid[0] - dy + 6, mid[1] - dx + 9), 40), 256)
     assert (moved.cy4, moved.cx4) == (g.cy4 - 4 * dy, g.cx4 - 4 * dx)
     # The nonce follows the key and the body.
     assert pg.pixel_nonce(KEY, body) != pg.pixel_nonce(SecretKey(bytes(32)), body)
